@@ -1,3 +1,60 @@
-fn main() {
-    println!("Hello, world!");
+//! The `hound` binary: parse flags, start, wait for SIGTERM or SIGINT, shut down, exit.
+
+use std::process::ExitCode;
+
+use hound_dog::config::{self, USAGE};
+use hound_dog::http::route::describe_routes;
+use hound_dog::{App, Invocation};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+fn main() -> ExitCode {
+    let args = std::env::args_os().skip(1).collect();
+    let config = match config::parse(args, |name| std::env::var(name).ok()) {
+        Ok(Invocation::Run(config)) => config,
+        Ok(Invocation::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!("hound {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Routes) => {
+            print!("{}", describe_routes());
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("hound: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let log_config = simplelog::ConfigBuilder::new()
+        .set_target_level(simplelog::LevelFilter::Off)
+        .set_thread_level(simplelog::LevelFilter::Off)
+        .add_filter_allow_str("hound_dog")
+        .build();
+    let _ = simplelog::WriteLogger::init(config.log_level, log_config, std::io::stderr());
+
+    // Register for the signals before any thread starts, so none is missed.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("hound: cannot handle signals: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match App::start(&config) {
+        Ok(app) => app,
+        Err(err) => {
+            log::error!("{err}");
+            eprintln!("hound: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(signal) = signals.forever().next() {
+        log::info!("received signal {signal}");
+    }
+    app.shutdown();
+    ExitCode::SUCCESS
 }

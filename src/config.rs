@@ -1,0 +1,294 @@
+//! Command-line flags and environment variables, read raw and then validated into a [`Config`]
+//! the rest of the program trusts.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use log::LevelFilter;
+
+use crate::error::{Error, Result};
+use crate::names;
+
+pub const USAGE: &str = "\
+hound — service self-registration and discovery sidecar for etcd
+
+Usage: hound [OPTIONS]
+
+Options:
+  -b, --bind HOST              address to listen on              [env HOUND_BIND, default 127.0.0.1]
+  -p, --port PORT              port to listen on (0 = any free)  [env HOUND_PORT, default 3000]
+      --etcd URLS              comma-separated etcd endpoints    [env HOUND_ETCD, default http://127.0.0.1:2379]
+      --ttl SECONDS            lease TTL of each registration    [env HOUND_TTL, default 15]
+      --namespace NAME         key prefix for registrations      [env HOUND_NAMESPACE, default service]
+      --event-namespace NAME   key prefix for custom events      [env HOUND_EVENT_NAMESPACE, default event]
+      --ping-interval SECONDS  WebSocket ping interval           [env HOUND_PING_INTERVAL, default 15]
+      --log-level LEVEL        error, warn, info, debug, trace   [env HOUND_LOG, default info]
+  -r, --routes                 print the routes and exit
+  -v, --version                print the version and exit
+  -h, --help                   print this help and exit
+
+A flag wins over its environment variable. SIGTERM or SIGINT deregisters every node and exits.
+";
+
+/// What the invocation asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Config),
+    Help,
+    Version,
+    Routes,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub etcd_endpoints: Vec<String>,
+    pub ttl: i64,
+    pub namespace: String,
+    pub event_namespace: String,
+    pub ping_interval: Duration,
+    pub log_level: LevelFilter,
+}
+
+/// Flags as given, before validation.
+#[derive(Debug, Default)]
+struct RawArgs {
+    bind: Option<String>,
+    port: Option<String>,
+    etcd: Option<String>,
+    ttl: Option<String>,
+    namespace: Option<String>,
+    event_namespace: Option<String>,
+    ping_interval: Option<String>,
+    log_level: Option<String>,
+}
+
+/// Parses `args` (without the program name), falling back to `env` for each unset flag.
+pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Result<Invocation> {
+    let mut args = pico_args::Arguments::from_vec(args);
+    if args.contains(["-h", "--help"]) {
+        return Ok(Invocation::Help);
+    }
+    if args.contains(["-v", "--version"]) {
+        return Ok(Invocation::Version);
+    }
+    if args.contains(["-r", "--routes"]) {
+        return Ok(Invocation::Routes);
+    }
+    let raw = RawArgs {
+        bind: flag(&mut args, ["-b", "--bind"])?,
+        port: flag(&mut args, ["-p", "--port"])?,
+        etcd: flag(&mut args, "--etcd")?,
+        ttl: flag(&mut args, "--ttl")?,
+        namespace: flag(&mut args, "--namespace")?,
+        event_namespace: flag(&mut args, "--event-namespace")?,
+        ping_interval: flag(&mut args, "--ping-interval")?,
+        log_level: flag(&mut args, "--log-level")?,
+    };
+    let rest = args.finish();
+    if let Some(first) = rest.first() {
+        let shown = first.to_string_lossy();
+        return Err(Error::Config(if shown.starts_with('-') {
+            format!("unknown flag {shown} (see hound --help)")
+        } else {
+            format!("unexpected argument {shown:?} (see hound --help)")
+        }));
+    }
+    Config::from_raw(raw, env).map(Invocation::Run)
+}
+
+fn flag<K: Into<pico_args::Keys>>(args: &mut pico_args::Arguments, keys: K) -> Result<Option<String>> {
+    let keys = keys.into();
+    args.opt_value_from_str::<_, String>(keys).map_err(|err| {
+        Error::Config(match err {
+            pico_args::Error::OptionWithoutAValue(name) => format!("{name} needs a value"),
+            other => other.to_string(),
+        })
+    })
+}
+
+impl Config {
+    fn from_raw(raw: RawArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let pick = |given: Option<String>, var: &str, default: &str| {
+            given.or_else(|| env(var)).unwrap_or_else(|| default.to_owned())
+        };
+        let bind = pick(raw.bind, "HOUND_BIND", "127.0.0.1");
+        let port = pick(raw.port, "HOUND_PORT", "3000");
+        let port: u16 = port
+            .parse()
+            .map_err(|_| Error::Config(format!("--port {port:?} is not a port number (0-65535)")))?;
+        let listen = resolve(&bind, port)?;
+        let etcd = pick(raw.etcd, "HOUND_ETCD", "http://127.0.0.1:2379");
+        let etcd_endpoints = parse_endpoints(&etcd)?;
+        let ttl = pick(raw.ttl, "HOUND_TTL", "15");
+        let ttl = match ttl.parse::<i64>() {
+            Ok(ttl) if (1..=86_400).contains(&ttl) => ttl,
+            _ => {
+                return Err(Error::Config(format!(
+                    "--ttl {ttl:?} is not a number of seconds from 1 to 86400"
+                )));
+            }
+        };
+        let namespace = pick(raw.namespace, "HOUND_NAMESPACE", "service");
+        check_namespace("--namespace", &namespace)?;
+        let event_namespace = pick(raw.event_namespace, "HOUND_EVENT_NAMESPACE", "event");
+        check_namespace("--event-namespace", &event_namespace)?;
+        if namespace == event_namespace {
+            return Err(Error::Config(
+                "--namespace and --event-namespace must differ".into(),
+            ));
+        }
+        let ping = pick(raw.ping_interval, "HOUND_PING_INTERVAL", "15");
+        let ping_interval = match ping.parse::<u64>() {
+            Ok(seconds) if (1..=3_600).contains(&seconds) => Duration::from_secs(seconds),
+            _ => {
+                return Err(Error::Config(format!(
+                    "--ping-interval {ping:?} is not a number of seconds from 1 to 3600"
+                )));
+            }
+        };
+        let level = pick(raw.log_level, "HOUND_LOG", "info");
+        let log_level = match level.to_ascii_lowercase().as_str() {
+            "error" => LevelFilter::Error,
+            "warn" => LevelFilter::Warn,
+            "info" => LevelFilter::Info,
+            "debug" => LevelFilter::Debug,
+            "trace" => LevelFilter::Trace,
+            _ => {
+                return Err(Error::Config(format!(
+                    "--log-level {level:?} is not one of error, warn, info, debug, trace"
+                )));
+            }
+        };
+        Ok(Config {
+            listen,
+            etcd_endpoints,
+            ttl,
+            namespace,
+            event_namespace,
+            ping_interval,
+            log_level,
+        })
+    }
+}
+
+fn resolve(bind: &str, port: u16) -> Result<SocketAddr> {
+    let host = bind.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| Error::Config(format!("--bind {bind:?} is not an address to listen on")))
+}
+
+fn parse_endpoints(list: &str) -> Result<Vec<String>> {
+    let endpoints: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(Error::Config("--etcd lists no endpoint".into()));
+    }
+    for endpoint in &endpoints {
+        let rest = endpoint
+            .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"));
+        let has_host_port = rest.is_some_and(|rest| {
+            rest.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.trim_end_matches('/').parse::<u16>().is_ok())
+        });
+        if !has_host_port {
+            return Err(Error::Config(format!(
+                "--etcd endpoint {endpoint:?} is not http://host:port or https://host:port"
+            )));
+        }
+    }
+    Ok(endpoints)
+}
+
+/// A namespace is one or more service-name-like segments separated by `/`.
+fn check_namespace(flag: &str, namespace: &str) -> Result<()> {
+    let ok = !namespace.is_empty() && namespace.split('/').all(names::is_service_name);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{flag} {namespace:?} must be non-empty segments of A-Z a-z 0-9 . _ - separated by /"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config> {
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        match parse(args.iter().map(OsString::from).collect(), lookup)? {
+            Invocation::Run(config) => Ok(config),
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let config = run(&[], &[]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(config.etcd_endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(config.ttl, 15);
+        assert_eq!((config.namespace.as_str(), config.event_namespace.as_str()), ("service", "event"));
+        assert_eq!(config.ping_interval, Duration::from_secs(15));
+        assert_eq!(config.log_level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn flags_win_over_env() {
+        let env = [("HOUND_PORT", "81"), ("HOUND_TTL", "7"), ("HOUND_BIND", "0.0.0.0")];
+        let config = run(&["-p", "80"], &env).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(config.ttl, 7);
+    }
+
+    #[test]
+    fn several_endpoints() {
+        let config = run(&["--etcd", "http://a:1, http://b:2"], &[]).unwrap();
+        assert_eq!(config.etcd_endpoints, ["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn bad_values_are_config_errors() {
+        for args in [
+            &["--port", "abc"][..],
+            &["--port", "70000"],
+            &["--ttl", "0"],
+            &["--ttl", "x"],
+            &["--etcd", "127.0.0.1:2379"],
+            &["--etcd", ""],
+            &["--namespace", "a b"],
+            &["--namespace", "same", "--event-namespace", "same"],
+            &["--log-level", "loud"],
+            &["--ping-interval", "0"],
+            &["--bogus"],
+            &["stray"],
+            &["--port"],
+        ] {
+            let err = run(args, &[]).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{args:?} gave {err:?}");
+            assert!(!err.to_string().contains('\n'), "{args:?}: one line please");
+        }
+    }
+
+    #[test]
+    fn help_version_routes() {
+        let parse_one = |flag: &str| parse(vec![OsString::from(flag)], |_| None).unwrap();
+        assert!(matches!(parse_one("-h"), Invocation::Help));
+        assert!(matches!(parse_one("--version"), Invocation::Version));
+        assert!(matches!(parse_one("-r"), Invocation::Routes));
+    }
+}

@@ -1,0 +1,65 @@
+//! The crate's one error type; `http::respond` turns it into a status code and a JSON body.
+
+use std::fmt;
+
+/// A `Result` whose error is hound's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while serving a request, each variant saying what the caller
+/// should do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The request itself is wrong (a bad name, port, body): fix the request. HTTP 400.
+    BadRequest(String),
+    /// No such route: check the path. HTTP 404.
+    NotFound(String),
+    /// The route exists but not with this method. HTTP 405.
+    MethodNotAllowed(&'static str),
+    /// A WebSocket route was called without `Upgrade: websocket`. HTTP 426.
+    UpgradeRequired,
+    /// The request body is larger than hound accepts. HTTP 413.
+    PayloadTooLarge(usize),
+    /// The body is not declared as JSON. HTTP 415.
+    UnsupportedMediaType,
+    /// etcd cannot be reached or did not answer in time: retry later. HTTP 503.
+    Unavailable(String),
+    /// hound failed in a way the client cannot fix; the log says more. HTTP 500.
+    Internal(String),
+    /// A bad command-line flag or environment value: fix the invocation. Exit code 2.
+    Config(String),
+}
+
+impl Error {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadRequest(_) | Error::Config(_) => 400,
+            Error::NotFound(_) => 404,
+            Error::MethodNotAllowed(_) => 405,
+            Error::PayloadTooLarge(_) => 413,
+            Error::UnsupportedMediaType => 415,
+            Error::UpgradeRequired => 426,
+            Error::Unavailable(_) => 503,
+            Error::Internal(_) => 500,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadRequest(why) | Error::Config(why) => f.write_str(why),
+            Error::NotFound(path) => write!(f, "no route for {path}"),
+            Error::MethodNotAllowed(allowed) => write!(f, "method not allowed; use {allowed}"),
+            Error::UpgradeRequired => {
+                f.write_str("this is a WebSocket route; send Upgrade: websocket")
+            }
+            Error::PayloadTooLarge(limit) => write!(f, "request body is larger than {limit} bytes"),
+            Error::UnsupportedMediaType => f.write_str("Content-Type must be application/json"),
+            Error::Unavailable(why) => write!(f, "etcd is unavailable: {why}"),
+            Error::Internal(why) => write!(f, "internal error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,213 @@
+//! The only door to etcd: a blocking API over a private tokio runtime on one background thread,
+//! which also keeps every lease alive and runs the watches that feed the [`Hub`].
+//!
+//! The pattern follows reqwest's blocking client: a named thread builds a current-thread runtime,
+//! reports start-up success over a channel, then serves commands until every handle is dropped.
+
+mod backoff;
+mod events;
+mod registry;
+mod watch;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::hub::{Audience, Hub, SocketId};
+use crate::names::Node;
+
+/// How long a blocking call waits for etcd before answering 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the etcd layer needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub endpoints: Vec<String>,
+    /// Lease TTL of each registration, in seconds.
+    pub ttl: i64,
+    /// Key prefix for registrations, without the trailing `/`.
+    pub namespace: String,
+    /// Key prefix for custom events, without the trailing `/`.
+    pub event_namespace: String,
+}
+
+impl Settings {
+    /// `<namespace>/`, the prefix the service watch covers.
+    fn service_prefix(&self) -> String {
+        format!("{}/", self.namespace)
+    }
+
+    /// The key of one registration.
+    fn registration_key(&self, service: &str, node: &Node) -> String {
+        format!("{}/{service}/{node}", self.namespace)
+    }
+
+    /// `<event-namespace>/`, the prefix the event watch covers.
+    fn event_prefix(&self) -> String {
+        format!("{}/", self.event_namespace)
+    }
+}
+
+/// What `GET /etcd/version` and `GET /etcd/leader` report.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub version: String,
+    pub leader: u64,
+    pub member_id: u64,
+}
+
+/// A custom event as POSTed, already validated.
+#[derive(Debug, Clone)]
+pub struct CustomEvent {
+    pub event_type: String,
+    pub event_body: String,
+    pub audience: Audience,
+}
+
+type Reply<T> = crossbeam_channel::Sender<Result<T>>;
+
+#[derive(Debug)]
+enum Command {
+    Register {
+        service: String,
+        node: Node,
+        owner: SocketId,
+        reply: Reply<i64>,
+    },
+    Deregister {
+        service: String,
+        node: Node,
+        owner: SocketId,
+    },
+    DeregisterAll {
+        reply: Reply<()>,
+    },
+    Status {
+        reply: Reply<ClusterStatus>,
+    },
+    Publish {
+        event: CustomEvent,
+        reply: Reply<()>,
+    },
+}
+
+/// The blocking handle. Dropping it ends the etcd thread.
+#[derive(Debug)]
+pub struct Etcd {
+    commands: mpsc::UnboundedSender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Etcd {
+    /// Starts the etcd thread. Fails only if the runtime or the client cannot be built (a bad
+    /// endpoint URL); an unreachable etcd is not an error here: hound starts, reports 503 on
+    /// `/healthz`, and keeps trying.
+    pub fn start(settings: Settings, hub: Arc<Hub>) -> Result<Etcd> {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let (started_tx, started_rx) = crossbeam_channel::bounded::<Result<()>>(1);
+        let thread = std::thread::Builder::new()
+            .name("etcd".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = started_tx.send(Err(Error::Internal(format!(
+                            "cannot build the etcd runtime: {err}"
+                        ))));
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, registry::serve(settings, hub, inbox, started_tx));
+            })
+            .map_err(|err| Error::Internal(format!("cannot start the etcd thread: {err}")))?;
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok(Etcd {
+                commands,
+                thread: Some(thread),
+            }),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(Error::Internal("the etcd thread died while starting".into())),
+        }
+    }
+
+    fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command, timeout: Duration) -> Result<T> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(command(reply))
+            .map_err(|_| Error::Unavailable("the etcd thread has stopped".into()))?;
+        match answer.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                Err(Error::Unavailable("etcd did not answer in time".into()))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(Error::Unavailable("the etcd thread has stopped".into()))
+            }
+        }
+    }
+
+    /// Grants a lease, writes the registration key and keeps the lease alive until
+    /// [`Etcd::deregister`]. Returns the etcd revision of the write. A registration of the same
+    /// key by another socket of this hound is taken over: that socket is closed with 4000.
+    pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> Result<i64> {
+        let (service, node) = (service.to_owned(), node.clone());
+        self.call(
+            |reply| Command::Register {
+                service,
+                node,
+                owner,
+                reply,
+            },
+            REQUEST_TIMEOUT,
+        )
+    }
+
+    /// Deletes the registration held by `owner` (if it still holds it) and revokes its lease.
+    /// Does not wait: socket threads must never block on etcd.
+    pub fn deregister(&self, service: &str, node: &Node, owner: SocketId) {
+        let _ = self.commands.send(Command::Deregister {
+            service: service.to_owned(),
+            node: node.clone(),
+            owner,
+        });
+    }
+
+    /// Deletes every registration this hound holds, waiting at most `timeout`.
+    pub fn deregister_all(&self, timeout: Duration) -> Result<()> {
+        self.call(|reply| Command::DeregisterAll { reply }, timeout)
+    }
+
+    /// etcd's version, its leader and the member hound talks to.
+    pub fn status(&self) -> Result<ClusterStatus> {
+        self.call(|reply| Command::Status { reply }, REQUEST_TIMEOUT)
+    }
+
+    /// Writes a custom event so every hound on the cluster delivers it.
+    pub fn publish(&self, event: CustomEvent) -> Result<()> {
+        self.call(|reply| Command::Publish { event, reply }, REQUEST_TIMEOUT)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // Closing the command channel ends the runtime's serve loop; the thread then returns.
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.commands, closed));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Turns an etcd-client error into the 503 the client sees.
+fn unavailable(err: etcd_client::Error) -> Error {
+    Error::Unavailable(err.to_string())
+}

@@ -1,0 +1,320 @@
+//! The etcd thread's command loop and the registrations it holds: grant, write, keep alive,
+//! take over, delete.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::{AbortHandle, spawn_local};
+
+use super::backoff::Backoff;
+use super::events::Publisher;
+use super::watch::{self, HealthState};
+use super::{ClusterStatus, Command, REQUEST_TIMEOUT, Settings, unavailable};
+use crate::error::{Error, Result};
+use crate::hub::{Hub, SocketId};
+use crate::names::Node;
+use crate::socket::signal::close_code;
+
+/// The key segment under `<namespace>/` that marks explicit deregistrations. `~` cannot appear in
+/// a service name, so it never collides with a service. See `watch.rs` for how it is read.
+pub(super) const TOMBSTONE_SEGMENT: &str = "~deregistered";
+
+/// One registration this hound keeps alive.
+#[derive(Debug)]
+struct Held {
+    owner: SocketId,
+    /// The current lease; the keeper replaces it if etcd forgets the old one.
+    lease: Rc<Cell<i64>>,
+    keeper: AbortHandle,
+}
+
+struct Registry {
+    client: Client,
+    settings: Rc<Settings>,
+    hub: Arc<Hub>,
+    held: HashMap<String, Held>,
+}
+
+/// Connects, starts the watches, then serves commands until the handle is dropped.
+pub(super) async fn serve(
+    settings: Settings,
+    hub: Arc<Hub>,
+    mut commands: UnboundedReceiver<Command>,
+    started: crossbeam_channel::Sender<Result<()>>,
+) {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(REQUEST_TIMEOUT)
+        // HTTP/2 pings notice a silent etcd (paused, partitioned) within a few seconds.
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    let client = match Client::connect(&settings.endpoints, Some(options)).await {
+        Ok(client) => client,
+        Err(err) => {
+            let _ = started.send(Err(Error::Config(format!(
+                "cannot use etcd endpoints {}: {err}",
+                settings.endpoints.join(",")
+            ))));
+            return;
+        }
+    };
+    let _ = started.send(Ok(()));
+
+    let settings = Rc::new(settings);
+    let health = Rc::new(HealthState::default());
+    spawn_local(watch::probe_health(client.clone(), hub.clone(), health.clone()));
+    spawn_local(watch::watch_services(
+        client.clone(),
+        settings.clone(),
+        hub.clone(),
+        health.clone(),
+    ));
+    spawn_local(watch::watch_events(
+        client.clone(),
+        settings.clone(),
+        hub.clone(),
+        health,
+    ));
+    let publisher = Rc::new(Publisher::new(client.clone(), settings.event_prefix()));
+
+    let mut registry = Registry {
+        client,
+        settings,
+        hub,
+        held: HashMap::new(),
+    };
+    while let Some(command) = commands.recv().await {
+        match command {
+            // Registrations are handled one at a time so two sockets racing for one key
+            // cannot leave the registry and etcd disagreeing about who holds it.
+            Command::Register {
+                service,
+                node,
+                owner,
+                reply,
+            } => {
+                let _ = reply.send(registry.register(&service, &node, owner).await);
+            }
+            Command::Deregister {
+                service,
+                node,
+                owner,
+            } => registry.deregister(&service, &node, owner),
+            Command::DeregisterAll { reply } => {
+                registry.deregister_all().await;
+                let _ = reply.send(Ok(()));
+            }
+            Command::Status { reply } => {
+                let mut client = registry.client.clone();
+                spawn_local(async move {
+                    let _ = reply.send(status(&mut client).await);
+                });
+            }
+            Command::Publish { event, reply } => {
+                let publisher = publisher.clone();
+                spawn_local(async move {
+                    let _ = reply.send(publisher.publish(event).await);
+                });
+            }
+        }
+    }
+}
+
+async fn status(client: &mut Client) -> Result<ClusterStatus> {
+    let status = client.status().await.map_err(unavailable)?;
+    Ok(ClusterStatus {
+        version: status.version().to_owned(),
+        leader: status.leader(),
+        member_id: status.header().map_or(0, |h| h.member_id()),
+    })
+}
+
+impl Registry {
+    async fn register(&mut self, service: &str, node: &Node, owner: SocketId) -> Result<i64> {
+        let key = self.settings.registration_key(service, node);
+        let (lease, revision) = grant_and_put(&mut self.client, &key, node, self.settings.ttl)
+            .await
+            .map_err(unavailable)?;
+        let lease = Rc::new(Cell::new(lease));
+        let keeper = spawn_local(keep_alive(
+            self.client.clone(),
+            key.clone(),
+            node.clone(),
+            lease.clone(),
+            self.settings.ttl,
+        ))
+        .abort_handle();
+        let held = Held {
+            owner,
+            lease,
+            keeper,
+        };
+        if let Some(previous) = self.held.insert(key.clone(), held) {
+            // The key now points at the new lease, so revoking the old one deletes nothing.
+            previous.keeper.abort();
+            let mut client = self.client.clone();
+            let old_lease = previous.lease.get();
+            spawn_local(async move {
+                let _ = client.lease_revoke(old_lease).await;
+            });
+            self.hub
+                .close_socket(previous.owner, close_code::SUPERSEDED);
+            log::info!("registered {key} (socket {owner}, took over from socket {})", previous.owner);
+        } else {
+            log::info!("registered {key} (socket {owner})");
+        }
+        Ok(revision)
+    }
+
+    fn deregister(&mut self, service: &str, node: &Node, owner: SocketId) {
+        let key = self.settings.registration_key(service, node);
+        if self.held.get(&key).is_none_or(|held| held.owner != owner) {
+            return; // Taken over by a newer socket, or already gone.
+        }
+        if let Some(held) = self.held.remove(&key) {
+            held.keeper.abort();
+            log::info!("deregistering {key} (socket {owner})");
+            let tombstone = self.tombstone_key(service, node);
+            spawn_local(delete_registration(
+                self.client.clone(),
+                key,
+                tombstone,
+                held.lease.get(),
+            ));
+        }
+    }
+
+    async fn deregister_all(&mut self) {
+        let mut deletions = Vec::new();
+        for (key, held) in self.held.drain() {
+            held.keeper.abort();
+            let tombstone = tombstone_for(&self.settings, &key);
+            deletions.push(spawn_local(delete_registration(
+                self.client.clone(),
+                key,
+                tombstone,
+                held.lease.get(),
+            )));
+        }
+        for deletion in deletions {
+            let _ = deletion.await;
+        }
+    }
+
+    fn tombstone_key(&self, service: &str, node: &Node) -> String {
+        format!(
+            "{}/{TOMBSTONE_SEGMENT}/{service}/{node}",
+            self.settings.namespace
+        )
+    }
+}
+
+/// `<namespace>/~deregistered/<service>/<node>` for the key `<namespace>/<service>/<node>`.
+fn tombstone_for(settings: &Settings, key: &str) -> String {
+    let rest = key
+        .strip_prefix(&settings.service_prefix())
+        .unwrap_or(key);
+    format!("{}/{TOMBSTONE_SEGMENT}/{rest}", settings.namespace)
+}
+
+async fn grant_and_put(
+    client: &mut Client,
+    key: &str,
+    node: &Node,
+    ttl: i64,
+) -> std::result::Result<(i64, i64), etcd_client::Error> {
+    let lease = client.lease_grant(ttl, None).await?.id();
+    let put = client
+        .put(key, node.to_string(), Some(PutOptions::new().with_lease(lease)))
+        .await;
+    match put {
+        Ok(response) => Ok((lease, response.header().map_or(0, |h| h.revision()))),
+        Err(err) => {
+            let _ = client.lease_revoke(lease).await;
+            Err(err)
+        }
+    }
+}
+
+/// Deletes the key if it still belongs to `lease`, writing a tombstone in the same revision
+/// so every hound's watch reports DELETE rather than EXPIRE, then revokes the lease (which
+/// also removes the tombstone).
+async fn delete_registration(mut client: Client, key: String, tombstone: String, lease: i64) {
+    let txn = Txn::new()
+        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+        .and_then([
+            TxnOp::delete(key.as_str(), None),
+            TxnOp::put(tombstone, "", Some(PutOptions::new().with_lease(lease))),
+        ]);
+    if let Err(err) = client.txn(txn).await {
+        log::warn!("could not delete {key}: {err}; its lease will expire instead");
+    }
+    if let Err(err) = client.lease_revoke(lease).await {
+        log::debug!("could not revoke lease {lease:x} of {key}: {err}");
+    }
+}
+
+/// Keeps one registration's lease alive every TTL/3. If etcd no longer knows the lease
+/// (it expired while etcd was unreachable, or etcd lost its data), registers the node again
+/// with a fresh lease.
+async fn keep_alive(mut client: Client, key: String, node: Node, lease: Rc<Cell<i64>>, ttl: i64) {
+    let period = Duration::from_millis((ttl.max(1) as u64) * 1000 / 3);
+    let mut backoff = Backoff::new();
+    loop {
+        match keep_lease_alive(&mut client, lease.get(), period, &mut backoff).await {
+            Ok(()) => {
+                log::warn!("lease of {key} is gone; registering it again");
+                match grant_and_put(&mut client, &key, &node, ttl).await {
+                    Ok((fresh, _)) => {
+                        lease.set(fresh);
+                        log::info!("registered {key} again with a new lease");
+                        backoff.reset();
+                    }
+                    Err(err) => {
+                        log::warn!("could not register {key} again: {err}");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+            Err(err) => {
+                log::warn!("keep-alive of {key} failed: {err}; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// Refreshes `lease` until etcd says it is gone (`Ok`) or the stream fails (`Err`).
+async fn keep_lease_alive(
+    client: &mut Client,
+    lease: i64,
+    period: Duration,
+    backoff: &mut Backoff,
+) -> std::result::Result<(), etcd_client::Error> {
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+    loop {
+        keeper.keep_alive().await?;
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, responses.message()).await;
+        match answer {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => backoff.reset(),
+            Ok(Ok(Some(_))) => return Ok(()),
+            Ok(Ok(None)) => {
+                return Err(etcd_client::Error::LeaseKeepAliveError(
+                    "keep-alive stream ended".into(),
+                ));
+            }
+            Ok(Err(err)) => return Err(err),
+            Err(_) => {
+                return Err(etcd_client::Error::LeaseKeepAliveError(
+                    "no keep-alive answer in time".into(),
+                ));
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}

@@ -1,0 +1,391 @@
+//! The two watches (service namespace, event namespace) and the health probe, each resuming
+//! where it left off after a break.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+
+use super::Settings;
+use super::backoff::Backoff;
+use super::events;
+use super::registry::TOMBSTONE_SEGMENT;
+use crate::hub::{Change, Health, Hub};
+use crate::membership::Mirror;
+use crate::message::KeyEvent;
+use crate::names::{Node, is_service_name};
+
+/// How often the health probe asks etcd for its status.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the probe and the watches know; `/healthz` is OK only when all agree.
+#[derive(Debug, Default)]
+pub(super) struct HealthState {
+    etcd_answers: Cell<bool>,
+    services_watched: Cell<bool>,
+    events_watched: Cell<bool>,
+    problem: RefCell<String>,
+}
+
+impl HealthState {
+    fn publish(&self, hub: &Hub) {
+        let health = if !self.etcd_answers.get() {
+            Health::Unavailable(format!("etcd does not answer: {}", self.problem.borrow()))
+        } else if !self.services_watched.get() || !self.events_watched.get() {
+            Health::Unavailable("the etcd watches are reconnecting".into())
+        } else {
+            Health::Ok
+        };
+        hub.set_health(health);
+    }
+
+    fn set(&self, hub: &Hub, flag: &Cell<bool>, value: bool, problem: Option<String>) {
+        if let Some(problem) = problem {
+            *self.problem.borrow_mut() = problem;
+        }
+        flag.set(value);
+        self.publish(hub);
+    }
+}
+
+/// Asks etcd for its status every second so `/healthz` turns 503 soon after etcd stops
+/// answering, even while no request is under way.
+pub(super) async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<HealthState>) {
+    loop {
+        let answer = tokio::time::timeout(PROBE_INTERVAL, client.status()).await;
+        let (ok, problem) = match answer {
+            Ok(Ok(_)) => (true, None),
+            Ok(Err(err)) => (false, Some(err.to_string())),
+            Err(_) => (false, Some("no answer within 1 s".to_owned())),
+        };
+        if ok != health.etcd_answers.get() {
+            if ok {
+                log::info!("etcd answers again");
+            } else {
+                log::warn!("etcd does not answer: {}", problem.as_deref().unwrap_or(""));
+            }
+        }
+        health.set(&hub, &health.etcd_answers, ok, problem);
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Why a watch session ended.
+enum Break {
+    /// The revision to resume from was compacted: re-read the prefix.
+    Compacted,
+    /// Anything else: resume from the next revision after a back-off.
+    Failed(String),
+}
+
+impl From<etcd_client::Error> for Break {
+    fn from(err: etcd_client::Error) -> Self {
+        Break::Failed(err.to_string())
+    }
+}
+
+/// Mirrors the service namespace: reads it once, then watches from the next revision, and
+/// resumes from the last applied revision after a break (re-reading it if compacted).
+pub(super) async fn watch_services(
+    mut client: Client,
+    settings: Rc<Settings>,
+    hub: Arc<Hub>,
+    health: Rc<HealthState>,
+) {
+    let prefix = settings.service_prefix();
+    let mut backoff = Backoff::new();
+    let mut resume_from: Option<i64> = None;
+    loop {
+        let outcome = services_session(&mut client, &prefix, &hub, &health, &mut resume_from).await;
+        health.set(&hub, &health.services_watched, false, None);
+        match outcome {
+            Break::Compacted => {
+                log::warn!("service watch fell behind a compaction; re-reading {prefix}");
+                resume_from = None;
+            }
+            Break::Failed(why) => {
+                log::warn!("service watch broke: {why}");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn services_session(
+    client: &mut Client,
+    prefix: &str,
+    hub: &Hub,
+    health: &HealthState,
+    resume_from: &mut Option<i64>,
+) -> Break {
+    let start = match *resume_from {
+        Some(revision) => revision,
+        None => match read_services(client, prefix).await {
+            Ok((mirror, revision)) => {
+                let changed = hub.resync(mirror, revision);
+                log::info!("read {prefix} at revision {revision}; {changed} services changed");
+                revision + 1
+            }
+            Err(err) => return err.into(),
+        },
+    };
+    *resume_from = Some(start);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_prev_key()
+        .with_progress_notify()
+        .with_start_revision(start);
+    let mut stream = match client.watch(prefix, Some(options)).await {
+        Ok(stream) => stream,
+        Err(err) => return err.into(),
+    };
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Break::Failed("the watch stream ended".into()),
+            Err(err) => return err.into(),
+        };
+        if response.canceled() {
+            if response.compact_revision() > 0 {
+                return Break::Compacted;
+            }
+            return Break::Failed(format!("watch canceled: {}", response.cancel_reason()));
+        }
+        if response.created() {
+            health.set(hub, &health.services_watched, true, None);
+        }
+        let applied = apply_service_events(client, prefix, hub, &response).await;
+        if let Some(revision) = applied {
+            *resume_from = Some(revision + 1);
+        }
+    }
+}
+
+/// Reads the whole service namespace into a fresh mirror, with the revision it was read at.
+async fn read_services(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(Mirror, i64), etcd_client::Error> {
+    let response = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = response.header().map_or(0, |h| h.revision());
+    let mut mirror = Mirror::default();
+    for kv in response.kvs() {
+        if let Some((service, key)) = split_service_key(prefix, kv) {
+            if let Some(node) = parse_node(kv) {
+                mirror.put(service, key, node);
+            }
+        }
+    }
+    Ok((mirror, revision))
+}
+
+/// `(<service>, <rest>)` of a key under the prefix whose service segment is a valid name.
+fn split_service_key<'a>(prefix: &str, kv: &'a KeyValue) -> Option<(&'a str, &'a str)> {
+    let rest = kv.key_str().ok()?.strip_prefix(prefix)?;
+    let (service, key) = rest.split_once('/')?;
+    (is_service_name(service) && !key.is_empty()).then_some((service, key))
+}
+
+fn parse_node(kv: &KeyValue) -> Option<Node> {
+    let node = kv.value_str().ok().and_then(Node::parse_value);
+    if node.is_none() {
+        log::warn!(
+            "skipping key {}: its value {:?} is not host:port",
+            String::from_utf8_lossy(kv.key()),
+            String::from_utf8_lossy(kv.value())
+        );
+    }
+    node
+}
+
+/// Applies one watch response in order and returns the highest revision it covered.
+async fn apply_service_events(
+    client: &mut Client,
+    prefix: &str,
+    hub: &Hub,
+    response: &WatchResponse,
+) -> Option<i64> {
+    let tombstone_prefix = format!("{prefix}{TOMBSTONE_SEGMENT}/");
+    // Keys deregistered explicitly by a hound in this response: `<service>/<rest>`.
+    let tombstones: HashSet<&str> = response
+        .events()
+        .iter()
+        .filter(|event| event.event_type() == EventType::Put)
+        .filter_map(|event| event.kv()?.key_str().ok()?.strip_prefix(&tombstone_prefix))
+        .collect();
+    let mut lease_alive: HashMap<i64, bool> = HashMap::new();
+    let mut last = None;
+    for event in response.events() {
+        let Some(kv) = event.kv() else { continue };
+        let revision = kv.mod_revision();
+        last = Some(revision);
+        let Some((service, key)) = split_service_key(prefix, kv) else {
+            hub.advance(revision);
+            continue;
+        };
+        let change = match event.event_type() {
+            EventType::Put => match parse_node(kv) {
+                Some(node) => Change::Put(node),
+                // A key that held a node and now holds garbage is no longer a node.
+                None => Change::Removed(KeyEvent::Delete),
+            },
+            EventType::Delete => {
+                let rest = &kv.key_str().unwrap_or_default()[prefix.len()..];
+                let lease = event.prev_kv().map_or(0, |prev| prev.lease());
+                let expired = if tombstones.contains(rest) || lease == 0 {
+                    false
+                } else if let Some(alive) = lease_alive.get(&lease) {
+                    !alive
+                } else {
+                    let alive = lease_is_alive(client, lease).await;
+                    lease_alive.insert(lease, alive);
+                    !alive
+                };
+                Change::Removed(if expired {
+                    KeyEvent::Expire
+                } else {
+                    KeyEvent::Delete
+                })
+            }
+        };
+        hub.apply(service, key, change, revision);
+    }
+    if last.is_none() && !response.created() {
+        // A progress notification: every event up to the header revision has been sent.
+        // (A `created` response is not one: events from the start revision may follow it.)
+        let revision = response.header().map_or(0, |h| h.revision());
+        hub.advance(revision);
+        return (revision > 0).then_some(revision);
+    }
+    last
+}
+
+/// Whether etcd still knows `lease`. A key removed while its lease lives was deleted on purpose;
+/// one whose lease is gone expired. If etcd cannot tell us, call it a deletion.
+async fn lease_is_alive(client: &mut Client, lease: i64) -> bool {
+    match client.lease_time_to_live(lease, None).await {
+        Ok(answer) => answer.ttl() > 0,
+        Err(err) => {
+            log::debug!("cannot ask etcd about lease {lease:x}: {err}");
+            true
+        }
+    }
+}
+
+/// Delivers custom events written under the event namespace, resuming after a break; if the
+/// revision to resume from was compacted, replays the events still stored instead.
+pub(super) async fn watch_events(
+    mut client: Client,
+    settings: Rc<Settings>,
+    hub: Arc<Hub>,
+    health: Rc<HealthState>,
+) {
+    let prefix = settings.event_prefix();
+    let mut backoff = Backoff::new();
+    let mut resume_from: Option<i64> = None;
+    loop {
+        let outcome = events_session(&mut client, &prefix, &hub, &health, &mut resume_from).await;
+        health.set(&hub, &health.events_watched, false, None);
+        match outcome {
+            Break::Compacted => {
+                log::warn!("event watch fell behind a compaction; replaying stored events");
+                match replay_stored_events(&mut client, &prefix, &hub, resume_from).await {
+                    Ok(revision) => resume_from = Some(revision + 1),
+                    Err(err) => {
+                        log::warn!("cannot replay events: {err}");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+            Break::Failed(why) => {
+                log::warn!("event watch broke: {why}");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn events_session(
+    client: &mut Client,
+    prefix: &str,
+    hub: &Hub,
+    health: &HealthState,
+    resume_from: &mut Option<i64>,
+) -> Break {
+    let mut options = WatchOptions::new()
+        .with_prefix()
+        .with_progress_notify()
+        .with_filters([etcd_client::WatchFilterType::NoDelete]);
+    if let Some(revision) = *resume_from {
+        options = options.with_start_revision(revision);
+    }
+    let mut stream = match client.watch(prefix, Some(options)).await {
+        Ok(stream) => stream,
+        Err(err) => return err.into(),
+    };
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return Break::Failed("the watch stream ended".into()),
+            Err(err) => return err.into(),
+        };
+        if response.canceled() {
+            if response.compact_revision() > 0 {
+                return Break::Compacted;
+            }
+            return Break::Failed(format!("watch canceled: {}", response.cancel_reason()));
+        }
+        if response.created() {
+            health.set(hub, &health.events_watched, true, None);
+        }
+        let header_revision = response.header().map_or(0, |h| h.revision());
+        for event in response.events() {
+            if let Some(kv) = event.kv() {
+                deliver_stored_event(hub, kv);
+                *resume_from = Some(kv.mod_revision() + 1);
+            }
+        }
+        // A fresh watch starts after the revision it was created at; a progress notification
+        // vouches for everything up to its revision. A resumed watch's `created` answer does
+        // not: the replayed events follow it.
+        let fresh = response.created() && resume_from.is_none();
+        let progress = !response.created() && response.events().is_empty();
+        if (fresh || progress) && header_revision > 0 {
+            *resume_from = Some(header_revision + 1);
+        }
+    }
+}
+
+fn deliver_stored_event(hub: &Hub, kv: &KeyValue) {
+    let key = String::from_utf8_lossy(kv.key());
+    if let Some(event) = events::decode(&key, kv.value()) {
+        hub.deliver_custom(&event.audience(), &event.event_type, &event.event_body);
+    }
+}
+
+/// Delivers the stored events written at or after `from`, oldest first; returns the revision read.
+async fn replay_stored_events(
+    client: &mut Client,
+    prefix: &str,
+    hub: &Hub,
+    from: Option<i64>,
+) -> Result<i64, etcd_client::Error> {
+    let response = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut kvs: Vec<&KeyValue> = response
+        .kvs()
+        .iter()
+        .filter(|kv| from.is_none_or(|from| kv.mod_revision() >= from))
+        .collect();
+    kvs.sort_by_key(|kv| kv.mod_revision());
+    for kv in kvs {
+        deliver_stored_event(hub, kv);
+    }
+    Ok(response.header().map_or(0, |h| h.revision()))
+}

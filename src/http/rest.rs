@@ -1,0 +1,209 @@
+//! The REST routes, answered inline from the mirror (reads) or through etcd (status, events).
+
+use std::io::Read;
+
+use serde::Deserialize;
+use tiny_http::Request;
+
+use crate::app::Context;
+use crate::error::{Error, Result};
+use crate::etcd::CustomEvent;
+use crate::http::route::Route;
+use crate::hub::{Audience, Health};
+use crate::message::json_string;
+use crate::names::validate_service;
+
+/// Largest body `POST /etcd/event` accepts.
+pub const MAX_EVENT_BODY: usize = 64 * 1024;
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+fn ok(body: String) -> Result<Reply> {
+    Ok(Reply { status: 200, body })
+}
+
+/// Answers a REST route.
+pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result<Reply> {
+    match route {
+        Route::Healthz => Ok(match context.hub.health() {
+            Health::Ok => Reply {
+                status: 200,
+                body: r#"{"status":"ok"}"#.into(),
+            },
+            Health::Unavailable(reason) => Reply {
+                status: 503,
+                body: format!(
+                    "{{\"status\":\"unavailable\",\"reason\":{}}}",
+                    json_string(&reason)
+                ),
+            },
+        }),
+        Route::Version => ok(format!(
+            "{{\"app\":\"hound\",\"version\":\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        Route::EtcdVersion => {
+            let status = context.etcd.status()?;
+            ok(format!("{{\"version\":{}}}", json_string(&status.version)))
+        }
+        Route::EtcdLeader => {
+            let status = context.etcd.status()?;
+            ok(format!(
+                "{{\"leader\":{},\"member_id\":{}}}",
+                status.leader, status.member_id
+            ))
+        }
+        Route::Services => {
+            require_mirror(context)?;
+            let names: Vec<String> = context
+                .hub
+                .service_names()
+                .iter()
+                .map(|name| json_string(name))
+                .collect();
+            ok(format!("{{\"services\":[{}]}}", names.join(",")))
+        }
+        Route::ServiceNodes(service) => {
+            validate_service(service)?;
+            require_mirror(context)?;
+            let membership = context.hub.membership(service);
+            ok(format!("{{\"services\":{}}}", membership.json()))
+        }
+        Route::Event => {
+            let event = read_event(request)?;
+            context.etcd.publish(event)?;
+            ok("{}".into())
+        }
+        Route::Register | Route::Monitor => Err(Error::UpgradeRequired),
+    }
+}
+
+/// Reads of the mirror answer from memory, but only once it has been filled from etcd.
+fn require_mirror(context: &Context) -> Result<()> {
+    if context.hub.revision() == 0 {
+        return Err(Error::Unavailable(
+            "the service namespace has not been read yet".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The body of `POST /etcd/event`.
+#[derive(Debug, Deserialize)]
+struct EventRequest {
+    event_type: Option<String>,
+    #[serde(default)]
+    event_body: Option<String>,
+    #[serde(default)]
+    services: Option<Vec<String>>,
+    #[serde(default)]
+    broadcast: Option<bool>,
+}
+
+/// Checks the content type (415), size (413) and shape (400) of an event, in that order.
+fn read_event(request: &mut Request) -> Result<CustomEvent> {
+    let is_json = request.headers().iter().any(|header| {
+        header.field.equiv("Content-Type")
+            && header
+                .value
+                .as_str()
+                .split(';')
+                .next()
+                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !is_json {
+        return Err(Error::UnsupportedMediaType);
+    }
+    if request.body_length().is_some_and(|length| length > MAX_EVENT_BODY) {
+        return Err(Error::PayloadTooLarge(MAX_EVENT_BODY));
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(MAX_EVENT_BODY as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|err| Error::BadRequest(format!("could not read the body: {err}")))?;
+    if body.len() > MAX_EVENT_BODY {
+        return Err(Error::PayloadTooLarge(MAX_EVENT_BODY));
+    }
+    parse_event(&body)
+}
+
+/// Validates an event body.
+pub fn parse_event(body: &[u8]) -> Result<CustomEvent> {
+    let request: EventRequest = serde_json::from_slice(body)
+        .map_err(|err| Error::BadRequest(format!("body is not a JSON event object: {err}")))?;
+    let event_type = match request.event_type {
+        Some(event_type) if !event_type.is_empty() => event_type,
+        _ => return Err(Error::BadRequest("event_type is required and must not be empty".into())),
+    };
+    let services = request.services.unwrap_or_default();
+    for service in &services {
+        validate_service(service)?;
+    }
+    let audience = if request.broadcast == Some(true) {
+        Audience::Everyone
+    } else if services.is_empty() {
+        return Err(Error::BadRequest(
+            "give a non-empty services list or broadcast: true".into(),
+        ));
+    } else {
+        let mut unique = services;
+        unique.sort();
+        unique.dedup();
+        Audience::Services(unique)
+    };
+    Ok(CustomEvent {
+        event_type,
+        event_body: request.event_body.unwrap_or_default(),
+        audience,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(body: &str) -> u16 {
+        match parse_event(body.as_bytes()) {
+            Ok(_) => 200,
+            Err(err) => err.status(),
+        }
+    }
+
+    #[test]
+    fn valid_events() {
+        let event = parse_event(br#"{"event_type":"t","event_body":"b","services":["a","a"]}"#)
+            .unwrap();
+        assert!(matches!(event.audience, Audience::Services(ref s) if s == &["a"]));
+        assert_eq!(event.event_body, "b");
+        let event = parse_event(br#"{"event_type":"t","broadcast":true}"#).unwrap();
+        assert!(matches!(event.audience, Audience::Everyone));
+        assert_eq!(event.event_body, "");
+    }
+
+    #[test]
+    fn invalid_events_are_400() {
+        for body in [
+            "",
+            "nope",
+            "[]",
+            r#"{"event_body":"b","broadcast":true}"#,
+            r#"{"event_type":"","broadcast":true}"#,
+            r#"{"event_type":"t"}"#,
+            r#"{"event_type":"t","services":[]}"#,
+            r#"{"event_type":"t","broadcast":false}"#,
+            r#"{"event_type":"t","services":["a/b"]}"#,
+            r#"{"event_type":"t","services":"a"}"#,
+            r#"{"event_type":1,"broadcast":true}"#,
+            r#"{"event_type":"t","broadcast":"yes"}"#,
+        ] {
+            assert_eq!(status_of(body), 400, "{body}");
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The state every thread shares: the membership mirror, the subscriptions, and the fan-out that
+//! delivers each message to its sockets without ever blocking on one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::error::{Error, Result};
+use crate::membership::{Membership, Mirror};
+use crate::message::{self, BROADCAST_NAMESPACE, Frame, KeyEvent};
+use crate::names::Node;
+use crate::socket::signal::{Signal, close_code};
+
+/// Identifies one WebSocket for as long as hound runs.
+pub type SocketId = u64;
+
+/// What a change to one key did, as the watch saw it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// The key now holds this node.
+    Put(Node),
+    /// The key is gone: `KeyEvent::Delete` or `KeyEvent::Expire`.
+    Removed(KeyEvent),
+}
+
+/// Who a custom event is for.
+#[derive(Debug, Clone)]
+pub enum Audience {
+    /// Every socket, with namespace `*`.
+    Everyone,
+    /// The subscribers of each named service, with that service as namespace.
+    Services(Vec<String>),
+}
+
+/// Whether hound can reach etcd and its watches run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    Unavailable(String),
+}
+
+/// The sending half of a socket: its bounded queue and its doorbell.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    queue: Sender<Frame>,
+    signal: Arc<Signal>,
+}
+
+impl Mailbox {
+    /// A mailbox holding at most `capacity` undelivered messages, and its receiving end.
+    pub fn new(capacity: usize, signal: Arc<Signal>) -> (Mailbox, Receiver<Frame>) {
+        let (queue, inbox) = crossbeam_channel::bounded(capacity);
+        (Mailbox { queue, signal }, inbox)
+    }
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    mailbox: Mailbox,
+    services: Vec<String>,
+}
+
+#[derive(Debug)]
+struct State {
+    mirror: Mirror,
+    /// The highest etcd revision of the service namespace applied to `mirror`.
+    revision: i64,
+    subscribers: HashMap<String, Vec<SocketId>>,
+    sockets: HashMap<SocketId, Subscriber>,
+    health: Health,
+    closing: bool,
+}
+
+/// Shared by the HTTP workers (reads, subscriptions), the etcd thread (changes, events) and
+/// the socket threads (unsubscribe).
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    /// Notified when `revision` advances or a socket leaves.
+    progress: Condvar,
+    next_socket: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            state: Mutex::new(State {
+                mirror: Mirror::default(),
+                revision: 0,
+                subscribers: HashMap::new(),
+                sockets: HashMap::new(),
+                health: Health::Unavailable("not connected to etcd yet".into()),
+                closing: false,
+            }),
+            progress: Condvar::new(),
+            next_socket: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as consistent as any single update
+        // leaves it, so keep serving rather than poisoning every later request.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A fresh socket id.
+    pub fn next_socket_id(&self) -> SocketId {
+        self.next_socket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ---- reads -------------------------------------------------------------------------
+
+    /// Sorted names of the services with at least one node.
+    pub fn service_names(&self) -> Vec<String> {
+        self.lock().mirror.service_names()
+    }
+
+    /// The current membership of one service.
+    pub fn membership(&self, service: &str) -> Membership {
+        self.lock().mirror.membership(service)
+    }
+
+    pub fn health(&self) -> Health {
+        self.lock().health.clone()
+    }
+
+    pub fn set_health(&self, health: Health) {
+        self.lock().health = health;
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.lock().revision
+    }
+
+    /// Waits until the mirror has applied etcd revision `revision`; false on timeout.
+    pub fn wait_for_revision(&self, revision: i64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while state.revision < revision {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .progress
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    // ---- changes from etcd -------------------------------------------------------------
+
+    /// Applies one key change at `revision` and tells the service's subscribers if the
+    /// membership changed.
+    pub fn apply(&self, service: &str, key: &str, change: Change, revision: i64) {
+        let mut state = self.lock();
+        let (event, membership) = match change {
+            Change::Put(node) => (KeyEvent::Put, state.mirror.put(service, key, node)),
+            Change::Removed(event) => (event, state.mirror.remove(service, key)),
+        };
+        if let Some(membership) = membership {
+            let frame = message::service_event(service, event, membership.json());
+            state.deliver_to_service(service, &frame);
+        }
+        state.advance(revision);
+        drop(state);
+        self.progress.notify_all();
+    }
+
+    /// Records that everything up to `revision` has been applied (watch progress).
+    pub fn advance(&self, revision: i64) {
+        self.lock().advance(revision);
+        self.progress.notify_all();
+    }
+
+    /// Replaces the mirror with a fresh read taken at `revision` and sends `SYNC` to the
+    /// subscribers of every service whose membership changed. Returns how many changed.
+    pub fn resync(&self, fresh: Mirror, revision: i64) -> usize {
+        let mut state = self.lock();
+        let changed = state.mirror.replace(fresh);
+        for (service, membership) in &changed {
+            let frame = message::service_event(service, KeyEvent::Sync, membership.json());
+            state.deliver_to_service(service, &frame);
+        }
+        state.revision = revision;
+        drop(state);
+        self.progress.notify_all();
+        changed.len()
+    }
+
+    /// Delivers a custom event.
+    pub fn deliver_custom(&self, audience: &Audience, event_type: &str, event_body: &str) {
+        let mut state = self.lock();
+        match audience {
+            Audience::Everyone => {
+                let frame = message::custom_event(BROADCAST_NAMESPACE, event_type, event_body);
+                let ids: Vec<SocketId> = state.sockets.keys().copied().collect();
+                state.deliver(&ids, &frame);
+            }
+            Audience::Services(services) => {
+                for service in services {
+                    let frame = message::custom_event(service, event_type, event_body);
+                    state.deliver_to_service(service, &frame);
+                }
+            }
+        }
+    }
+
+    // ---- sockets -----------------------------------------------------------------------
+
+    /// Subscribes socket `id` to `services`: queues a `SYNC` for each first, atomically with
+    /// the subscription, so the socket sees every later change and nothing twice.
+    pub fn subscribe(&self, id: SocketId, services: Vec<String>, mailbox: Mailbox) -> Result<()> {
+        let mut state = self.lock();
+        if state.closing {
+            return Err(Error::Unavailable("hound is shutting down".into()));
+        }
+        for service in &services {
+            let membership = state.mirror.membership(service);
+            let frame = message::service_event(service, KeyEvent::Sync, membership.json());
+            if mailbox.queue.try_send(frame).is_err() {
+                return Err(Error::Internal("socket queue is too small for its SYNC".into()));
+            }
+        }
+        mailbox.signal.wake();
+        for service in &services {
+            state
+                .subscribers
+                .entry(service.clone())
+                .or_default()
+                .push(id);
+        }
+        state.sockets.insert(id, Subscriber { mailbox, services });
+        Ok(())
+    }
+
+    /// Forgets socket `id`; called by the socket thread as it ends.
+    pub fn unsubscribe(&self, id: SocketId) {
+        self.lock().remove(id);
+        self.progress.notify_all();
+    }
+
+    /// Asks socket `id` to close with `code` and stops sending to it.
+    pub fn close_socket(&self, id: SocketId, code: u16) {
+        let mut state = self.lock();
+        if let Some(subscriber) = state.sockets.get(&id) {
+            subscriber.mailbox.signal.request_close(code);
+        }
+        state.remove(id);
+    }
+
+    /// Refuses new subscriptions and asks every socket to close with `code`.
+    pub fn close_all(&self, code: u16) {
+        let mut state = self.lock();
+        state.closing = true;
+        for subscriber in state.sockets.values() {
+            subscriber.mailbox.signal.request_close(code);
+        }
+    }
+
+    pub fn socket_count(&self) -> usize {
+        self.lock().sockets.len()
+    }
+
+    /// Waits until every socket has left; false on timeout.
+    pub fn wait_for_no_sockets(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !state.sockets.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .progress
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+impl State {
+    fn advance(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    fn deliver_to_service(&mut self, service: &str, frame: &Frame) {
+        let Some(ids) = self.subscribers.get(service) else {
+            return;
+        };
+        let ids = ids.clone();
+        self.deliver(&ids, frame);
+    }
+
+    /// Queues `frame` for each socket without blocking; a socket whose queue is full is closed
+    /// with 1013 and dropped from every subscription.
+    fn deliver(&mut self, ids: &[SocketId], frame: &Frame) {
+        let mut gone = Vec::new();
+        for id in ids {
+            let Some(subscriber) = self.sockets.get(id) else {
+                continue;
+            };
+            let mailbox = &subscriber.mailbox;
+            match mailbox.queue.try_send(frame.clone()) {
+                // One wake per burst: a queue that already held messages has a wake pending.
+                Ok(()) if mailbox.queue.len() <= 1 => mailbox.signal.wake(),
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    log::warn!("socket {id} does not read its messages; closing it (1013)");
+                    mailbox.signal.request_close(close_code::TRY_AGAIN_LATER);
+                    gone.push(*id);
+                }
+                Err(TrySendError::Disconnected(_)) => gone.push(*id),
+            }
+        }
+        for id in gone {
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: SocketId) {
+        let Some(subscriber) = self.sockets.remove(&id) else {
+            return;
+        };
+        for service in &subscriber.services {
+            if let Some(ids) = self.subscribers.get_mut(service) {
+                ids.retain(|known| *known != id);
+                if ids.is_empty() {
+                    self.subscribers.remove(service);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(hub: &Hub, services: &[&str], capacity: usize) -> (SocketId, Receiver<Frame>, Arc<Signal>) {
+        let signal = Arc::new(Signal::new().unwrap());
+        let (mailbox, inbox) = Mailbox::new(capacity, signal.clone());
+        let id = hub.next_socket_id();
+        hub.subscribe(id, services.iter().map(|s| s.to_string()).collect(), mailbox)
+            .unwrap();
+        (id, inbox, signal)
+    }
+
+    fn node(value: &str) -> Node {
+        Node::parse_value(value).unwrap()
+    }
+
+    fn texts(inbox: &Receiver<Frame>) -> Vec<String> {
+        inbox.try_iter().map(|f| f.as_str().to_owned()).collect()
+    }
+
+    #[test]
+    fn sync_comes_first_then_changes() {
+        let hub = Hub::default();
+        hub.apply("api", "a", Change::Put(node("10.0.0.1:80")), 5);
+        let (_, inbox, _) = socket(&hub, &["api"], 16);
+        hub.apply("api", "b", Change::Put(node("10.0.0.2:80")), 6);
+        hub.apply("api", "a", Change::Removed(KeyEvent::Expire), 7);
+        let got = texts(&inbox);
+        assert_eq!(got.len(), 3);
+        assert!(got[0].contains("SYNC") && got[0].contains("10.0.0.1"));
+        assert!(got[1].contains("PUT") && got[1].contains("10.0.0.2"));
+        assert!(got[2].contains("EXPIRE") && !got[2].contains("10.0.0.1"));
+        assert_eq!(hub.revision(), 7);
+    }
+
+    #[test]
+    fn a_full_queue_closes_only_that_socket() {
+        let hub = Hub::default();
+        let (slow, _slow_inbox, slow_signal) = socket(&hub, &["api"], 2);
+        let (_, fast_inbox, _) = socket(&hub, &["api"], 64);
+        for port in 1..=10 {
+            hub.apply("api", &port.to_string(), Change::Put(node(&format!("10.0.0.1:{port}"))), port);
+            let _ = texts(&fast_inbox);
+        }
+        assert_eq!(slow_signal.close_requested(), Some(close_code::TRY_AGAIN_LATER));
+        assert_eq!(hub.socket_count(), 1);
+        hub.apply("api", "x", Change::Put(node("10.0.0.9:1")), 11);
+        assert_eq!(texts(&fast_inbox).len(), 1);
+        hub.unsubscribe(slow);
+    }
+
+    #[test]
+    fn custom_events_reach_their_audience() {
+        let hub = Hub::default();
+        let (_, a, _) = socket(&hub, &["a"], 16);
+        let (_, b, _) = socket(&hub, &["b"], 16);
+        let _ = (texts(&a), texts(&b));
+        hub.deliver_custom(&Audience::Services(vec!["a".into()]), "t", "x");
+        assert_eq!(texts(&a).len(), 1);
+        assert!(texts(&b).is_empty());
+        hub.deliver_custom(&Audience::Everyone, "t", "x");
+        assert!(texts(&a)[0].contains("\"namespace\":\"*\""));
+        assert_eq!(texts(&b).len(), 1);
+    }
+
+    #[test]
+    fn wait_for_revision_times_out_and_succeeds() {
+        let hub = Hub::default();
+        assert!(!hub.wait_for_revision(3, Duration::from_millis(10)));
+        hub.advance(3);
+        assert!(hub.wait_for_revision(3, Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn closing_refuses_new_subscribers() {
+        let hub = Hub::default();
+        let (_, _, signal) = socket(&hub, &["a"], 4);
+        hub.close_all(close_code::GOING_AWAY);
+        assert_eq!(signal.close_requested(), Some(close_code::GOING_AWAY));
+        let (mailbox, _) = Mailbox::new(4, Arc::new(Signal::new().unwrap()));
+        assert!(hub.subscribe(99, vec!["a".into()], mailbox).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! hound: a sidecar that registers a service in etcd for as long as its WebSocket lives, and
+//! pushes it the membership changes and custom events of the services it cares about.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod etcd;
+pub mod http;
+pub mod hub;
+pub mod membership;
+pub mod message;
+pub mod names;
+pub mod session;
+pub mod socket;
+
+pub use app::App;
+pub use config::{Config, Invocation};
+pub use error::{Error, Result};

@@ -1,0 +1,132 @@
+//! The JSON messages hound pushes to sockets, serialised once and shared by every recipient.
+
+use tungstenite::Utf8Bytes;
+
+use crate::names::Node;
+
+/// Why a service message was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyEvent {
+    /// The current membership, sent on subscription and after a re-read of etcd.
+    Sync,
+    /// A node was added or changed.
+    Put,
+    /// A node was removed explicitly.
+    Delete,
+    /// A node vanished because its lease expired.
+    Expire,
+}
+
+impl KeyEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyEvent::Sync => "SYNC",
+            KeyEvent::Put => "PUT",
+            KeyEvent::Delete => "DELETE",
+            KeyEvent::Expire => "EXPIRE",
+        }
+    }
+}
+
+/// A serialised message, cheap to clone: every socket that receives it shares one buffer.
+pub type Frame = Utf8Bytes;
+
+/// The namespace of a broadcast custom event.
+pub const BROADCAST_NAMESPACE: &str = "*";
+
+/// `[{"ip":"10.0.0.1","port":80},…]` for nodes already sorted by (ip, port).
+pub fn nodes_json(nodes: &[&Node]) -> String {
+    let mut json = String::with_capacity(2 + nodes.len() * 32);
+    json.push('[');
+    for (i, node) in nodes.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str("{\"ip\":");
+        json.push_str(&json_string(node.host.as_str()));
+        json.push_str(",\"port\":");
+        json.push_str(&node.port.to_string());
+        json.push('}');
+    }
+    json.push(']');
+    json
+}
+
+/// `{"namespace":S,"body":{"key_event":E,"services":[…]}}`.
+pub fn service_event(service: &str, event: KeyEvent, nodes_json: &str) -> Frame {
+    format!(
+        "{{\"namespace\":{},\"body\":{{\"key_event\":\"{}\",\"services\":{}}}}}",
+        json_string(service),
+        event.as_str(),
+        nodes_json
+    )
+    .into()
+}
+
+/// `{"namespace":S,"body":{"event_type":T,"event_body":B}}`; S is `*` for a broadcast.
+pub fn custom_event(namespace: &str, event_type: &str, event_body: &str) -> Frame {
+    format!(
+        "{{\"namespace\":{},\"body\":{{\"event_type\":{},\"event_body\":{}}}}}",
+        json_string(namespace),
+        json_string(event_type),
+        json_string(event_body)
+    )
+    .into()
+}
+
+/// A JSON string literal with every character escaped as JSON requires.
+pub fn json_string(text: &str) -> String {
+    serde_json::Value::String(text.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parse(frame: &Frame) -> Value {
+        serde_json::from_str(frame.as_str()).expect("valid JSON")
+    }
+
+    #[test]
+    fn service_event_shape() {
+        let nodes = [
+            Node::parse_value("10.0.0.1:80").unwrap(),
+            Node::parse_value("[::1]:8080").unwrap(),
+        ];
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let frame = service_event("engine", KeyEvent::Put, &nodes_json(&refs));
+        assert_eq!(
+            parse(&frame),
+            json!({"namespace":"engine","body":{"key_event":"PUT","services":[
+                {"ip":"10.0.0.1","port":80},{"ip":"::1","port":8080}]}})
+        );
+    }
+
+    #[test]
+    fn empty_membership_is_an_empty_list() {
+        let frame = service_event("api", KeyEvent::Sync, &nodes_json(&[]));
+        assert_eq!(
+            parse(&frame),
+            json!({"namespace":"api","body":{"key_event":"SYNC","services":[]}})
+        );
+    }
+
+    #[test]
+    fn custom_event_escapes_its_strings() {
+        let frame = custom_event("*", "say \"hi\"", "line\nbreak\u{1}");
+        assert_eq!(
+            parse(&frame),
+            json!({"namespace":"*","body":{"event_type":"say \"hi\"","event_body":"line\nbreak\u{1}"}})
+        );
+    }
+
+    #[test]
+    fn every_key_event_has_its_wire_name() {
+        let names: Vec<&str> = [KeyEvent::Sync, KeyEvent::Put, KeyEvent::Delete, KeyEvent::Expire]
+            .iter()
+            .map(|e| e.as_str())
+            .collect();
+        assert_eq!(names, ["SYNC", "PUT", "DELETE", "EXPIRE"]);
+    }
+}

@@ -1,0 +1,242 @@
+//! Validation of the names and addresses clients hand us: service names, hosts, ports, node values.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::error::{Error, Result};
+
+/// The longest service name accepted.
+pub const MAX_SERVICE_NAME: usize = 128;
+/// The most services one socket may monitor.
+pub const MAX_MONITORED: usize = 64;
+/// The longest DNS host name accepted (RFC 1123).
+const MAX_HOST_NAME: usize = 253;
+
+/// Checks a service name: 1–128 characters of `A-Z a-z 0-9 . _ -`.
+pub fn validate_service(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::BadRequest("service name is empty".into()));
+    }
+    if name.len() > MAX_SERVICE_NAME {
+        return Err(Error::BadRequest(format!(
+            "service name is longer than {MAX_SERVICE_NAME} characters"
+        )));
+    }
+    if !name.bytes().all(is_service_byte) {
+        return Err(Error::BadRequest(format!(
+            "service name {name:?} may only contain A-Z a-z 0-9 . _ -"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `name` is a valid service name; used where bad names are skipped, not refused.
+pub fn is_service_name(name: &str) -> bool {
+    validate_service(name).is_ok()
+}
+
+fn is_service_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-')
+}
+
+/// Parses the `monitor` list: comma-separated names, empty items ignored, duplicates dropped,
+/// at most [`MAX_MONITORED`] names.
+pub fn parse_monitor_list(list: &str) -> Result<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        validate_service(item)?;
+        if !names.iter().any(|known| known == item) {
+            names.push(item.to_owned());
+        }
+    }
+    if names.len() > MAX_MONITORED {
+        return Err(Error::BadRequest(format!(
+            "monitor lists more than {MAX_MONITORED} services"
+        )));
+    }
+    Ok(names)
+}
+
+/// Parses a port: an integer 1–65535.
+pub fn parse_port(text: &str) -> Result<u16> {
+    match text.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(Error::BadRequest(format!(
+            "port {text:?} is not an integer from 1 to 65535"
+        ))),
+    }
+}
+
+/// A host a node is reachable at: an IP literal or a DNS host name, held in canonical form
+/// (IP literals as the standard library prints them, host names in lower case).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Host(String);
+
+impl Host {
+    /// Parses an IPv4 or IPv6 literal (brackets allowed around IPv6) or an RFC 1123 host name.
+    pub fn parse(text: &str) -> Result<Host> {
+        let unbracketed = text
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'));
+        if let Some(inner) = unbracketed {
+            return match inner.parse::<std::net::Ipv6Addr>() {
+                Ok(ip) => Ok(Host(ip.to_string())),
+                Err(_) => Err(bad_host(text)),
+            };
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Host(ip.to_string()));
+        }
+        if is_host_name(text) {
+            return Ok(Host(text.to_ascii_lowercase()));
+        }
+        Err(bad_host(text))
+    }
+
+    /// The host as clients see it in messages: IPv6 without brackets.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn is_ipv6(&self) -> bool {
+        self.0.contains(':')
+    }
+}
+
+fn bad_host(text: &str) -> Error {
+    Error::BadRequest(format!(
+        "ip {text:?} is neither an IP address nor a DNS host name"
+    ))
+}
+
+/// RFC 1123 host name: dot-separated labels of 1–63 letters, digits and inner hyphens.
+/// A name made only of digits and dots is refused, so `999.1.1.1` is not taken as a host name.
+fn is_host_name(text: &str) -> bool {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() || name.len() > MAX_HOST_NAME {
+        return false;
+    }
+    let labels_ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    labels_ok && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// One member of a service: where it can be reached. Ordered by (ip, port) as the contract sorts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Node {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl Node {
+    /// Parses a registration value `host:port`, split at the last `:`, brackets stripped.
+    /// Returns `None` for anything else: such keys are skipped, never fatal.
+    pub fn parse_value(value: &str) -> Option<Node> {
+        let (host, port) = value.rsplit_once(':')?;
+        let port = parse_port(port).ok()?;
+        // An unbracketed IPv6 value such as `::1:80` would split inside the address; only the
+        // bracketed form is unambiguous, so require it for IPv6.
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(inner) => match inner.parse::<std::net::Ipv6Addr>() {
+                Ok(ip) => Host(ip.to_string()),
+                Err(_) => return None,
+            },
+            None if host.contains(':') => return None,
+            None => Host::parse(host).ok()?,
+        };
+        Some(Node { host, port })
+    }
+}
+
+/// The `ip:port` form used both as the last key segment and as the value; IPv6 in brackets.
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.is_ipv6() {
+            write!(f, "[{}]:{}", self.host.0, self.port)
+        } else {
+            write!(f, "{}:{}", self.host.0, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names() {
+        assert!(validate_service("api").is_ok());
+        assert!(validate_service("A-z_0.9").is_ok());
+        assert!(validate_service(&"x".repeat(128)).is_ok());
+        for bad in ["", "a/b", "a b", "é", "*", "a,b"] {
+            assert!(validate_service(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_service(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn monitor_lists() {
+        assert_eq!(parse_monitor_list("a,,b,a").unwrap(), vec!["a", "b"]);
+        assert!(parse_monitor_list("").unwrap().is_empty());
+        assert!(parse_monitor_list("a,b/c").is_err());
+        let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+        assert!(parse_monitor_list(&many.join(",")).is_err());
+        assert_eq!(parse_monitor_list(&many[..64].join(",")).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("1").unwrap(), 1);
+        assert_eq!(parse_port("65535").unwrap(), 65535);
+        for bad in ["0", "65536", "-1", "abc", "", "8080 "] {
+            assert!(parse_port(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(Host::parse("10.0.0.1").unwrap().as_str(), "10.0.0.1");
+        assert_eq!(Host::parse("::1").unwrap().as_str(), "::1");
+        assert_eq!(Host::parse("[0:0::1]").unwrap().as_str(), "::1");
+        assert_eq!(Host::parse("Db-1.Example.com").unwrap().as_str(), "db-1.example.com");
+        for bad in ["", "999.1.1.1", "-a.com", "a..b", "a b", "[10.0.0.1]", "a_b", "1.2.3"] {
+            assert!(Host::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Host::parse(&format!("{}.com", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn node_values_round_trip() {
+        let v4 = Node::parse_value("10.0.0.1:80").unwrap();
+        assert_eq!((v4.host.as_str(), v4.port), ("10.0.0.1", 80));
+        assert_eq!(v4.to_string(), "10.0.0.1:80");
+        let v6 = Node::parse_value("[::1]:8080").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 8080));
+        assert_eq!(v6.to_string(), "[::1]:8080");
+        let named = Node::parse_value("db.local:5432").unwrap();
+        assert_eq!(named.to_string(), "db.local:5432");
+    }
+
+    #[test]
+    fn unparsable_values_are_none() {
+        for bad in ["", "10.0.0.1", "10.0.0.1:0", "10.0.0.1:x", "::1:80", "[::1]", ":80", "a b:1"] {
+            assert!(Node::parse_value(bad).is_none(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn nodes_sort_by_ip_then_port() {
+        let mut nodes: Vec<Node> = ["10.0.0.2:1", "10.0.0.1:9", "10.0.0.1:2"]
+            .iter()
+            .map(|v| Node::parse_value(v).unwrap())
+            .collect();
+        nodes.sort();
+        let shown: Vec<String> = nodes.iter().map(Node::to_string).collect();
+        assert_eq!(shown, ["10.0.0.1:2", "10.0.0.1:9", "10.0.0.2:1"]);
+    }
+}

@@ -1,0 +1,131 @@
+//! The life of one WebSocket on its own thread: register (for the register route), subscribe,
+//! complete the handshake, serve, and clean up however it ends — panics included.
+
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tiny_http::{Header, Request, Response};
+use tungstenite::WebSocket;
+use tungstenite::protocol::Role;
+
+use crate::app::Context;
+use crate::error::Error;
+use crate::http::respond_error;
+use crate::http::upgrade::SocketPlan;
+use crate::hub::{Mailbox, SocketId};
+use crate::names::Node;
+use crate::socket::signal::Signal;
+use crate::socket::stream::UpgradedStream;
+use crate::socket::{self, Ending, websocket_config};
+
+/// Stack of a socket thread. The loop is shallow; small stacks keep 10,000 sockets cheap.
+const SOCKET_STACK: usize = 128 * 1024;
+/// Messages a socket may have waiting before it counts as too slow and is closed with 1013.
+pub const QUEUE_CAPACITY: usize = 1024;
+/// How long a registration waits for hound's own watch to show its key (read-your-writes).
+const MIRROR_WAIT: Duration = Duration::from_secs(5);
+
+/// Moves a validated upgrade to its own thread.
+pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
+    let id = context.hub.next_socket_id();
+    let spawned = std::thread::Builder::new()
+        .name(format!("socket-{id}"))
+        .stack_size(SOCKET_STACK)
+        .spawn(move || {
+            let mut cleanup = Cleanup {
+                context: &context,
+                id,
+                registration: None,
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| run(&mut cleanup, request, &plan)));
+            if outcome.is_err() {
+                log::error!("socket {id} panicked; it is closed and deregistered");
+            }
+        });
+    if let Err(err) = spawned {
+        // The request went down with the closure; tiny_http answers a dropped request with 500.
+        log::error!("cannot start a socket thread: {err}");
+    }
+}
+
+/// Undoes what a socket set up, when its thread ends for any reason.
+struct Cleanup<'a> {
+    context: &'a Context,
+    id: SocketId,
+    registration: Option<(String, Node)>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.context.hub.unsubscribe(self.id);
+        if let Some((service, node)) = &self.registration {
+            self.context.etcd.deregister(service, node, self.id);
+        }
+    }
+}
+
+fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
+    let context = cleanup.context;
+    let id = cleanup.id;
+    let Some(peer) = request.remote_addr().copied() else {
+        respond_error(request, &Error::BadRequest("no peer address".into()));
+        return;
+    };
+    if let Some((service, node)) = &plan.registration {
+        let revision = match context.etcd.register(service, node, id) {
+            Ok(revision) => revision,
+            Err(err) => {
+                log::warn!("could not register {service}/{node} for {peer}: {err}");
+                respond_error(request, &err);
+                return;
+            }
+        };
+        cleanup.registration = Some((service.clone(), node.clone()));
+        if !context.hub.wait_for_revision(revision, MIRROR_WAIT) {
+            let err = Error::Unavailable("hound's watch did not catch up with etcd".into());
+            respond_error(request, &err);
+            return;
+        }
+    }
+    let signal = match Signal::new() {
+        Ok(signal) => Arc::new(signal),
+        Err(err) => {
+            respond_error(request, &Error::Internal(format!("cannot create an eventfd: {err}")));
+            return;
+        }
+    };
+    let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY, signal.clone());
+    if let Err(err) = context.hub.subscribe(id, plan.services.clone(), mailbox) {
+        respond_error(request, &err);
+        return;
+    }
+    let ws = match handshake(request, &plan.accept_key, context.port, peer) {
+        Ok(stream) => WebSocket::from_raw_socket(stream, Role::Server, Some(websocket_config())),
+        Err(err) => {
+            log::error!("socket {id} from {peer}: {err}");
+            return;
+        }
+    };
+    log::debug!("socket {id} from {peer} open, subscribed to {:?}", plan.services);
+    let ending = socket::serve(ws, inbox, &signal, context.ping_interval);
+    match ending {
+        Ending::PeerLost(why) => log::info!("socket {id} from {peer} lost: {why}"),
+        other => log::debug!("socket {id} from {peer} ended: {other:?}"),
+    }
+}
+
+/// Sends the 101 and takes over the connection.
+fn handshake(
+    request: Request,
+    accept_key: &str,
+    port: u16,
+    peer: SocketAddr,
+) -> Result<UpgradedStream, String> {
+    let accept = Header::from_bytes(&b"Sec-WebSocket-Accept"[..], accept_key.as_bytes())
+        .map_err(|()| "the accept key is not a valid header value".to_owned())?;
+    let response = Response::empty(101).with_header(accept);
+    let upgraded = request.upgrade("websocket", response);
+    UpgradedStream::claim(upgraded, port, peer).map_err(|err| err.to_string())
+}

@@ -1,0 +1,213 @@
+//! One thread per WebSocket: it sleeps in `poll` on its socket and its doorbell, writes what the
+//! fan-out queued, answers pings, pings the client, and notices a close or a dead peer.
+//!
+//! Blocking I/O needs a thread per connection; `poll` lets that one thread wait for both the
+//! client and the fan-out without a timer tick, so an idle socket costs no CPU.
+
+pub mod signal;
+pub mod stream;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use crate::message::Frame;
+use signal::{Signal, close_code};
+use stream::UpgradedStream;
+
+/// How long a closing socket waits for the client's close frame before dropping the TCP
+/// connection.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Messages written per wake-up before flushing, so one busy socket cannot hog its loop.
+const WRITE_BATCH: usize = 64;
+/// Largest frame or message a client may send.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// Why a socket ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The client closed (close frame or TCP close).
+    ClientClosed,
+    /// hound closed it with this code.
+    Closed(u16),
+    /// The client stopped answering pings or the connection broke.
+    PeerLost(String),
+}
+
+/// The tungstenite settings for hound's sockets: small read buffers (hound mostly writes),
+/// and a 64 KiB limit on what a client may send.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+}
+
+/// Serves one upgraded socket until it ends.
+pub fn serve(
+    mut ws: WebSocket<UpgradedStream>,
+    inbox: Receiver<Frame>,
+    signal: &Signal,
+    ping_interval: Duration,
+) -> Ending {
+    if let Err(err) = ws.get_ref().tcp().set_nonblocking(true) {
+        return Ending::PeerLost(format!("cannot make the socket non-blocking: {err}"));
+    }
+    let socket_fd = ws.get_ref().as_raw_fd();
+    let mut next_ping = Instant::now() + ping_interval;
+    let mut unanswered_pings = 0u32;
+    let mut closing: Option<(u16, Instant)> = None;
+    let mut write_blocked = false;
+    loop {
+        // Outgoing: a close request wins over queued messages.
+        if closing.is_none() {
+            if let Some(code) = signal.close_requested() {
+                let frame = CloseFrame {
+                    code: code.into(),
+                    reason: close_code::reason(code).into(),
+                };
+                let _ = ws.close(Some(frame));
+                closing = Some((code, Instant::now() + CLOSE_GRACE));
+            } else if !write_blocked {
+                for frame in inbox.try_iter().take(WRITE_BATCH) {
+                    match ws.write(Message::Text(frame)) {
+                        Ok(()) => {}
+                        // The frame stays in tungstenite's buffer; the flush below notes the
+                        // block and the loop waits for the socket to drain.
+                        Err(tungstenite::Error::Io(err)) if would_block(&err) => break,
+                        Err(err) => return lost(closing, err),
+                    }
+                }
+            }
+        }
+        match ws.flush() {
+            Ok(()) => write_blocked = false,
+            Err(tungstenite::Error::Io(err)) if would_block(&err) => write_blocked = true,
+            Err(err) => return lost(closing, err),
+        }
+        // More already queued (a batch was cut short): go round without sleeping.
+        let more_queued = !write_blocked && closing.is_none() && !inbox.is_empty();
+
+        let now = Instant::now();
+        let deadline = closing.map_or(next_ping, |(_, until)| until.min(next_ping));
+        let timeout = if more_queued {
+            Duration::ZERO
+        } else {
+            deadline.saturating_duration_since(now)
+        };
+        let ready = match wait(socket_fd, write_blocked, signal, timeout) {
+            Ok(ready) => ready,
+            Err(err) => return Ending::PeerLost(format!("poll failed: {err}")),
+        };
+        if ready.doorbell {
+            signal.drain();
+        }
+
+        // Incoming: read every complete frame available.
+        if ready.socket {
+            loop {
+                match ws.read() {
+                    Ok(Message::Close(_)) => {
+                        let _ = ws.flush();
+                        return closing.map_or(Ending::ClientClosed, |(code, _)| Ending::Closed(code));
+                    }
+                    // Any frame proves the peer alive; text and binary frames carry nothing
+                    // hound acts on and are ignored.
+                    Ok(_) => unanswered_pings = 0,
+                    Err(tungstenite::Error::Io(err)) if would_block(&err) => break,
+                    Err(tungstenite::Error::Capacity(_)) => {
+                        signal.request_close(close_code::TOO_BIG);
+                        break;
+                    }
+                    Err(tungstenite::Error::Utf8(_)) => {
+                        signal.request_close(close_code::INVALID_DATA);
+                        break;
+                    }
+                    Err(err) => return lost(closing, err),
+                }
+            }
+        }
+
+        let now = Instant::now();
+        if let Some((code, until)) = closing {
+            if now >= until {
+                return Ending::Closed(code);
+            }
+        } else if now >= next_ping {
+            if unanswered_pings >= 2 {
+                return Ending::PeerLost("no pong for two ping intervals".into());
+            }
+            match ws.write(Message::Ping(Default::default())) {
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(err)) if would_block(&err) => write_blocked = true,
+                Err(err) => return lost(closing, err),
+            }
+            unanswered_pings += 1;
+            next_ping = now + ping_interval;
+        }
+    }
+}
+
+fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// The ending for an error that ends the connection.
+fn lost(closing: Option<(u16, Instant)>, err: tungstenite::Error) -> Ending {
+    match (closing, err) {
+        (Some((code, _)), _) => Ending::Closed(code),
+        (None, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+            Ending::ClientClosed
+        }
+        (None, tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Ending::ClientClosed,
+        (None, err) => Ending::PeerLost(err.to_string()),
+    }
+}
+
+struct Ready {
+    socket: bool,
+    doorbell: bool,
+}
+
+/// Sleeps until the socket is readable (or writable, if `want_write`), the doorbell rings, or
+/// `timeout` passes.
+fn wait(socket: i32, want_write: bool, signal: &Signal, timeout: Duration) -> io::Result<Ready> {
+    let socket_events = libc::POLLIN | if want_write { libc::POLLOUT } else { 0 };
+    let mut fds = [
+        libc::pollfd {
+            fd: socket,
+            events: socket_events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: signal.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Round up so a sub-millisecond wait does not spin at 0 ms.
+    let millis = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+    // SAFETY: `fds` is a valid, exclusively borrowed array of two pollfd for the whole call.
+    let count = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    if count < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(Ready {
+                socket: false,
+                doorbell: false,
+            });
+        }
+        return Err(err);
+    }
+    Ok(Ready {
+        socket: fds[0].revents != 0,
+        doorbell: fds[1].revents != 0,
+    })
+}
