@@ -1,6 +1,7 @@
 //! Starting and stopping hound: the etcd thread, the HTTP workers, and the graceful shutdown.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ pub struct Context {
 /// A running hound.
 pub struct App {
     server: Arc<tiny_http::Server>,
+    stop_warden: Arc<AtomicBool>,
     context: Arc<Context>,
     workers: Vec<JoinHandle<()>>,
     local_addr: std::net::SocketAddr,
@@ -67,6 +69,9 @@ impl App {
                 .map_err(|err| Error::Internal(format!("cannot start an HTTP worker: {err}")))?;
             workers.push(worker);
         }
+        let stop_warden = Arc::new(AtomicBool::new(false));
+        crate::http::warden::start(local_addr.port(), config.idle_timeout, stop_warden.clone())
+            .map_err(|err| Error::Internal(format!("cannot start the connection warden: {err}")))?;
         log::info!(
             "listening on http://{local_addr} (etcd {}, namespace {:?}, ttl {} s)",
             config.etcd_endpoints.join(","),
@@ -75,6 +80,7 @@ impl App {
         );
         Ok(App {
             server,
+            stop_warden,
             context,
             workers,
             local_addr,
@@ -90,6 +96,7 @@ impl App {
     pub fn shutdown(self) {
         let started = Instant::now();
         log::info!("shutting down");
+        self.stop_warden.store(true, Ordering::Relaxed);
         for _ in &self.workers {
             self.server.unblock();
         }

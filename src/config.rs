@@ -23,6 +23,8 @@ Options:
       --namespace NAME         key prefix for registrations      [env HOUND_NAMESPACE, default service]
       --event-namespace NAME   key prefix for custom events      [env HOUND_EVENT_NAMESPACE, default event]
       --ping-interval SECONDS  WebSocket ping interval           [env HOUND_PING_INTERVAL, default 15]
+      --idle-timeout SECONDS   drop HTTP connections idle this long
+                               (or unanswered twice as long)     [env HOUND_IDLE_TIMEOUT, default 15]
       --log-level LEVEL        error, warn, info, debug, trace   [env HOUND_LOG, default info]
   -r, --routes                 print the routes and exit
   -v, --version                print the version and exit
@@ -49,6 +51,7 @@ pub struct Config {
     pub namespace: String,
     pub event_namespace: String,
     pub ping_interval: Duration,
+    pub idle_timeout: Duration,
     pub log_level: LevelFilter,
 }
 
@@ -62,6 +65,7 @@ struct RawArgs {
     namespace: Option<String>,
     event_namespace: Option<String>,
     ping_interval: Option<String>,
+    idle_timeout: Option<String>,
     log_level: Option<String>,
 }
 
@@ -85,6 +89,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         namespace: flag(&mut args, "--namespace")?,
         event_namespace: flag(&mut args, "--event-namespace")?,
         ping_interval: flag(&mut args, "--ping-interval")?,
+        idle_timeout: flag(&mut args, "--idle-timeout")?,
         log_level: flag(&mut args, "--log-level")?,
     };
     let rest = args.finish();
@@ -99,7 +104,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
     Config::from_raw(raw, env).map(Invocation::Run)
 }
 
-fn flag<K: Into<pico_args::Keys>>(args: &mut pico_args::Arguments, keys: K) -> Result<Option<String>> {
+fn flag<K: Into<pico_args::Keys>>(
+    args: &mut pico_args::Arguments,
+    keys: K,
+) -> Result<Option<String>> {
     let keys = keys.into();
     args.opt_value_from_str::<_, String>(keys).map_err(|err| {
         Error::Config(match err {
@@ -112,13 +120,15 @@ fn flag<K: Into<pico_args::Keys>>(args: &mut pico_args::Arguments, keys: K) -> R
 impl Config {
     fn from_raw(raw: RawArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let pick = |given: Option<String>, var: &str, default: &str| {
-            given.or_else(|| env(var)).unwrap_or_else(|| default.to_owned())
+            given
+                .or_else(|| env(var))
+                .unwrap_or_else(|| default.to_owned())
         };
         let bind = pick(raw.bind, "HOUND_BIND", "127.0.0.1");
         let port = pick(raw.port, "HOUND_PORT", "3000");
-        let port: u16 = port
-            .parse()
-            .map_err(|_| Error::Config(format!("--port {port:?} is not a port number (0-65535)")))?;
+        let port: u16 = port.parse().map_err(|_| {
+            Error::Config(format!("--port {port:?} is not a port number (0-65535)"))
+        })?;
         let listen = resolve(&bind, port)?;
         let etcd = pick(raw.etcd, "HOUND_ETCD", "http://127.0.0.1:2379");
         let etcd_endpoints = parse_endpoints(&etcd)?;
@@ -141,14 +151,9 @@ impl Config {
             ));
         }
         let ping = pick(raw.ping_interval, "HOUND_PING_INTERVAL", "15");
-        let ping_interval = match ping.parse::<u64>() {
-            Ok(seconds) if (1..=3_600).contains(&seconds) => Duration::from_secs(seconds),
-            _ => {
-                return Err(Error::Config(format!(
-                    "--ping-interval {ping:?} is not a number of seconds from 1 to 3600"
-                )));
-            }
-        };
+        let ping_interval = seconds("--ping-interval", &ping)?;
+        let idle = pick(raw.idle_timeout, "HOUND_IDLE_TIMEOUT", "15");
+        let idle_timeout = seconds("--idle-timeout", &idle)?;
         let level = pick(raw.log_level, "HOUND_LOG", "info");
         let log_level = match level.to_ascii_lowercase().as_str() {
             "error" => LevelFilter::Error,
@@ -169,8 +174,19 @@ impl Config {
             namespace,
             event_namespace,
             ping_interval,
+            idle_timeout,
             log_level,
         })
+    }
+}
+
+/// A duration flag: whole seconds from 1 to 3600.
+fn seconds(flag: &str, text: &str) -> Result<Duration> {
+    match text.parse::<u64>() {
+        Ok(seconds) if (1..=3_600).contains(&seconds) => Ok(Duration::from_secs(seconds)),
+        _ => Err(Error::Config(format!(
+            "{flag} {text:?} is not a number of seconds from 1 to 3600"
+        ))),
     }
 }
 
@@ -198,8 +214,9 @@ fn parse_endpoints(list: &str) -> Result<Vec<String>> {
             .strip_prefix("http://")
             .or_else(|| endpoint.strip_prefix("https://"));
         let has_host_port = rest.is_some_and(|rest| {
-            rest.rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.trim_end_matches('/').parse::<u16>().is_ok())
+            rest.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.trim_end_matches('/').parse::<u16>().is_ok()
+            })
         });
         if !has_host_port {
             return Err(Error::Config(format!(
@@ -227,8 +244,10 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config> {
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let lookup = move |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         match parse(args.iter().map(OsString::from).collect(), lookup)? {
             Invocation::Run(config) => Ok(config),
@@ -242,14 +261,21 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(config.etcd_endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(config.ttl, 15);
-        assert_eq!((config.namespace.as_str(), config.event_namespace.as_str()), ("service", "event"));
+        assert_eq!(
+            (config.namespace.as_str(), config.event_namespace.as_str()),
+            ("service", "event")
+        );
         assert_eq!(config.ping_interval, Duration::from_secs(15));
         assert_eq!(config.log_level, LevelFilter::Info);
     }
 
     #[test]
     fn flags_win_over_env() {
-        let env = [("HOUND_PORT", "81"), ("HOUND_TTL", "7"), ("HOUND_BIND", "0.0.0.0")];
+        let env = [
+            ("HOUND_PORT", "81"),
+            ("HOUND_TTL", "7"),
+            ("HOUND_BIND", "0.0.0.0"),
+        ];
         let config = run(&["-p", "80"], &env).unwrap();
         assert_eq!(config.listen, "0.0.0.0:80".parse().unwrap());
         assert_eq!(config.ttl, 7);
@@ -274,6 +300,7 @@ mod tests {
             &["--namespace", "same", "--event-namespace", "same"],
             &["--log-level", "loud"],
             &["--ping-interval", "0"],
+            &["--idle-timeout", "x"],
             &["--bogus"],
             &["stray"],
             &["--port"],

@@ -105,7 +105,9 @@ impl Hub {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the state as consistent as any single update
         // leaves it, so keep serving rather than poisoning every later request.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A fresh socket id.
@@ -226,7 +228,9 @@ impl Hub {
             let membership = state.mirror.membership(service);
             let frame = message::service_event(service, KeyEvent::Sync, membership.json());
             if mailbox.queue.try_send(frame).is_err() {
-                return Err(Error::Internal("socket queue is too small for its SYNC".into()));
+                return Err(Error::Internal(
+                    "socket queue is too small for its SYNC".into(),
+                ));
             }
         }
         mailbox.signal.wake();
@@ -346,12 +350,20 @@ impl State {
 mod tests {
     use super::*;
 
-    fn socket(hub: &Hub, services: &[&str], capacity: usize) -> (SocketId, Receiver<Frame>, Arc<Signal>) {
+    fn socket(
+        hub: &Hub,
+        services: &[&str],
+        capacity: usize,
+    ) -> (SocketId, Receiver<Frame>, Arc<Signal>) {
         let signal = Arc::new(Signal::new().unwrap());
         let (mailbox, inbox) = Mailbox::new(capacity, signal.clone());
         let id = hub.next_socket_id();
-        hub.subscribe(id, services.iter().map(|s| s.to_string()).collect(), mailbox)
-            .unwrap();
+        hub.subscribe(
+            id,
+            services.iter().map(|s| s.to_string()).collect(),
+            mailbox,
+        )
+        .unwrap();
         (id, inbox, signal)
     }
 
@@ -384,10 +396,18 @@ mod tests {
         let (slow, _slow_inbox, slow_signal) = socket(&hub, &["api"], 2);
         let (_, fast_inbox, _) = socket(&hub, &["api"], 64);
         for port in 1..=10 {
-            hub.apply("api", &port.to_string(), Change::Put(node(&format!("10.0.0.1:{port}"))), port);
+            hub.apply(
+                "api",
+                &port.to_string(),
+                Change::Put(node(&format!("10.0.0.1:{port}"))),
+                port,
+            );
             let _ = texts(&fast_inbox);
         }
-        assert_eq!(slow_signal.close_requested(), Some(close_code::TRY_AGAIN_LATER));
+        assert_eq!(
+            slow_signal.close_requested(),
+            Some(close_code::TRY_AGAIN_LATER)
+        );
         assert_eq!(hub.socket_count(), 1);
         hub.apply("api", "x", Change::Put(node("10.0.0.9:1")), 11);
         assert_eq!(texts(&fast_inbox).len(), 1);

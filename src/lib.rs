@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod fds;
 pub mod http;
 pub mod hub;
 pub mod membership;

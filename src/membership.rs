@@ -124,14 +124,22 @@ mod tests {
     #[test]
     fn put_and_remove_report_changes() {
         let mut mirror = Mirror::default();
-        let m = mirror.put("api", "10.0.0.2:80", node("10.0.0.2:80")).unwrap();
+        let m = mirror
+            .put("api", "10.0.0.2:80", node("10.0.0.2:80"))
+            .unwrap();
         assert_eq!(m.json(), r#"[{"ip":"10.0.0.2","port":80}]"#);
-        let m = mirror.put("api", "10.0.0.1:80", node("10.0.0.1:80")).unwrap();
+        let m = mirror
+            .put("api", "10.0.0.1:80", node("10.0.0.1:80"))
+            .unwrap();
         assert_eq!(
             m.json(),
             r#"[{"ip":"10.0.0.1","port":80},{"ip":"10.0.0.2","port":80}]"#
         );
-        assert!(mirror.put("api", "10.0.0.1:80", node("10.0.0.1:80")).is_none());
+        assert!(
+            mirror
+                .put("api", "10.0.0.1:80", node("10.0.0.1:80"))
+                .is_none()
+        );
         assert_eq!(mirror.service_names(), ["api"]);
         mirror.remove("api", "10.0.0.1:80").unwrap();
         assert!(mirror.remove("api", "10.0.0.1:80").is_none());

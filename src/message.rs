@@ -123,10 +123,15 @@ mod tests {
 
     #[test]
     fn every_key_event_has_its_wire_name() {
-        let names: Vec<&str> = [KeyEvent::Sync, KeyEvent::Put, KeyEvent::Delete, KeyEvent::Expire]
-            .iter()
-            .map(|e| e.as_str())
-            .collect();
+        let names: Vec<&str> = [
+            KeyEvent::Sync,
+            KeyEvent::Put,
+            KeyEvent::Delete,
+            KeyEvent::Expire,
+        ]
+        .iter()
+        .map(|e| e.as_str())
+        .collect();
         assert_eq!(names, ["SYNC", "PUT", "DELETE", "EXPIRE"]);
     }
 }

@@ -43,7 +43,11 @@ fn is_service_byte(byte: u8) -> bool {
 /// at most [`MAX_MONITORED`] names.
 pub fn parse_monitor_list(list: &str) -> Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
-    for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+    for item in list
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
         validate_service(item)?;
         if !names.iter().any(|known| known == item) {
             names.push(item.to_owned());
@@ -121,7 +125,9 @@ fn is_host_name(text: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
     labels_ok && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
@@ -203,8 +209,20 @@ mod tests {
         assert_eq!(Host::parse("10.0.0.1").unwrap().as_str(), "10.0.0.1");
         assert_eq!(Host::parse("::1").unwrap().as_str(), "::1");
         assert_eq!(Host::parse("[0:0::1]").unwrap().as_str(), "::1");
-        assert_eq!(Host::parse("Db-1.Example.com").unwrap().as_str(), "db-1.example.com");
-        for bad in ["", "999.1.1.1", "-a.com", "a..b", "a b", "[10.0.0.1]", "a_b", "1.2.3"] {
+        assert_eq!(
+            Host::parse("Db-1.Example.com").unwrap().as_str(),
+            "db-1.example.com"
+        );
+        for bad in [
+            "",
+            "999.1.1.1",
+            "-a.com",
+            "a..b",
+            "a b",
+            "[10.0.0.1]",
+            "a_b",
+            "1.2.3",
+        ] {
             assert!(Host::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(Host::parse(&format!("{}.com", "a".repeat(64))).is_err());
@@ -224,7 +242,16 @@ mod tests {
 
     #[test]
     fn unparsable_values_are_none() {
-        for bad in ["", "10.0.0.1", "10.0.0.1:0", "10.0.0.1:x", "::1:80", "[::1]", ":80", "a b:1"] {
+        for bad in [
+            "",
+            "10.0.0.1",
+            "10.0.0.1:0",
+            "10.0.0.1:x",
+            "::1:80",
+            "[::1]",
+            ":80",
+            "a b:1",
+        ] {
             assert!(Node::parse_value(bad).is_none(), "{bad:?} parsed");
         }
     }

@@ -92,7 +92,10 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
     let signal = match Signal::new() {
         Ok(signal) => Arc::new(signal),
         Err(err) => {
-            respond_error(request, &Error::Internal(format!("cannot create an eventfd: {err}")));
+            respond_error(
+                request,
+                &Error::Internal(format!("cannot create an eventfd: {err}")),
+            );
             return;
         }
     };
@@ -108,7 +111,10 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
             return;
         }
     };
-    log::debug!("socket {id} from {peer} open, subscribed to {:?}", plan.services);
+    log::debug!(
+        "socket {id} from {peer} open, subscribed to {:?}",
+        plan.services
+    );
     let ending = socket::serve(ws, inbox, &signal, context.ping_interval);
     match ending {
         Ending::PeerLost(why) => log::info!("socket {id} from {peer} lost: {why}"),

@@ -88,10 +88,10 @@ impl Publisher {
     }
 
     async fn lease(&self) -> Result<i64> {
-        if let Some((lease, granted)) = self.lease.get() {
-            if granted.elapsed() < EVENT_LEASE_REUSE {
-                return Ok(lease);
-            }
+        if let Some((lease, granted)) = self.lease.get()
+            && granted.elapsed() < EVENT_LEASE_REUSE
+        {
+            return Ok(lease);
         }
         let lease = self
             .client

@@ -134,7 +134,9 @@ impl Etcd {
                 thread: Some(thread),
             }),
             Ok(Err(err)) => Err(err),
-            Err(_) => Err(Error::Internal("the etcd thread died while starting".into())),
+            Err(_) => Err(Error::Internal(
+                "the etcd thread died while starting".into(),
+            )),
         }
     }
 

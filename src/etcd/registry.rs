@@ -67,7 +67,11 @@ pub(super) async fn serve(
 
     let settings = Rc::new(settings);
     let health = Rc::new(HealthState::default());
-    spawn_local(watch::probe_health(client.clone(), hub.clone(), health.clone()));
+    spawn_local(watch::probe_health(
+        client.clone(),
+        hub.clone(),
+        health.clone(),
+    ));
     spawn_local(watch::watch_services(
         client.clone(),
         settings.clone(),
@@ -164,7 +168,10 @@ impl Registry {
             });
             self.hub
                 .close_socket(previous.owner, close_code::SUPERSEDED);
-            log::info!("registered {key} (socket {owner}, took over from socket {})", previous.owner);
+            log::info!(
+                "registered {key} (socket {owner}, took over from socket {})",
+                previous.owner
+            );
         } else {
             log::info!("registered {key} (socket {owner})");
         }
@@ -216,9 +223,7 @@ impl Registry {
 
 /// `<namespace>/~deregistered/<service>/<node>` for the key `<namespace>/<service>/<node>`.
 fn tombstone_for(settings: &Settings, key: &str) -> String {
-    let rest = key
-        .strip_prefix(&settings.service_prefix())
-        .unwrap_or(key);
+    let rest = key.strip_prefix(&settings.service_prefix()).unwrap_or(key);
     format!("{}/{TOMBSTONE_SEGMENT}/{rest}", settings.namespace)
 }
 
@@ -230,7 +235,11 @@ async fn grant_and_put(
 ) -> std::result::Result<(i64, i64), etcd_client::Error> {
     let lease = client.lease_grant(ttl, None).await?.id();
     let put = client
-        .put(key, node.to_string(), Some(PutOptions::new().with_lease(lease)))
+        .put(
+            key,
+            node.to_string(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
         .await;
     match put {
         Ok(response) => Ok((lease, response.header().map_or(0, |h| h.revision()))),

@@ -175,10 +175,10 @@ async fn read_services(
     let revision = response.header().map_or(0, |h| h.revision());
     let mut mirror = Mirror::default();
     for kv in response.kvs() {
-        if let Some((service, key)) = split_service_key(prefix, kv) {
-            if let Some(node) = parse_node(kv) {
-                mirror.put(service, key, node);
-            }
+        if let Some((service, key)) = split_service_key(prefix, kv)
+            && let Some(node) = parse_node(kv)
+        {
+            mirror.put(service, key, node);
         }
     }
     Ok((mirror, revision))

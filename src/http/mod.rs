@@ -5,6 +5,7 @@ pub mod query;
 pub mod rest;
 pub mod route;
 pub mod upgrade;
+pub mod warden;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -74,15 +75,15 @@ pub fn respond_error(request: Request, err: &Error) {
     let body = format!("{{\"error\":{}}}", json_string(&err.to_string()));
     let status = err.status();
     let mut response = json_response(status, body);
-    if let Error::MethodNotAllowed(allowed) = err {
-        if let Ok(header) = Header::from_bytes(&b"Allow"[..], allowed.as_bytes()) {
-            response.add_header(header);
+    let extra_header = match err {
+        Error::MethodNotAllowed(allowed) => {
+            Header::from_bytes(&b"Allow"[..], allowed.as_bytes()).ok()
         }
-    }
-    if let Error::UpgradeRequired = err {
-        if let Ok(header) = Header::from_bytes(&b"Upgrade"[..], &b"websocket"[..]) {
-            response.add_header(header);
-        }
+        Error::UpgradeRequired => Header::from_bytes(&b"Upgrade"[..], &b"websocket"[..]).ok(),
+        _ => None,
+    };
+    if let Some(header) = extra_header {
+        response.add_header(header);
     }
     if let Err(err) = request.respond(response) {
         log::debug!("could not send an error response: {err}");

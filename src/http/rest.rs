@@ -119,7 +119,10 @@ fn read_event(request: &mut Request) -> Result<CustomEvent> {
     if !is_json {
         return Err(Error::UnsupportedMediaType);
     }
-    if request.body_length().is_some_and(|length| length > MAX_EVENT_BODY) {
+    if request
+        .body_length()
+        .is_some_and(|length| length > MAX_EVENT_BODY)
+    {
         return Err(Error::PayloadTooLarge(MAX_EVENT_BODY));
     }
     let mut body = Vec::new();
@@ -140,7 +143,11 @@ pub fn parse_event(body: &[u8]) -> Result<CustomEvent> {
         .map_err(|err| Error::BadRequest(format!("body is not a JSON event object: {err}")))?;
     let event_type = match request.event_type {
         Some(event_type) if !event_type.is_empty() => event_type,
-        _ => return Err(Error::BadRequest("event_type is required and must not be empty".into())),
+        _ => {
+            return Err(Error::BadRequest(
+                "event_type is required and must not be empty".into(),
+            ));
+        }
     };
     let services = request.services.unwrap_or_default();
     for service in &services {
@@ -178,8 +185,8 @@ mod tests {
 
     #[test]
     fn valid_events() {
-        let event = parse_event(br#"{"event_type":"t","event_body":"b","services":["a","a"]}"#)
-            .unwrap();
+        let event =
+            parse_event(br#"{"event_type":"t","event_body":"b","services":["a","a"]}"#).unwrap();
         assert!(matches!(event.audience, Audience::Services(ref s) if s == &["a"]));
         assert_eq!(event.event_body, "b");
         let event = parse_event(br#"{"event_type":"t","broadcast":true}"#).unwrap();

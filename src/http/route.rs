@@ -20,15 +20,43 @@ pub enum Route {
 
 /// `(method, path, meaning)` for `hound --routes` and the docs.
 pub const ROUTES: &[(&str, &str, &str)] = &[
-    ("GET", "/healthz", "200 while etcd answers and the watches run, else 503 with the reason"),
+    (
+        "GET",
+        "/healthz",
+        "200 while etcd answers and the watches run, else 503 with the reason",
+    ),
     ("GET", "/version", "hound's name and version"),
     ("GET", "/etcd/version", "the etcd server's version"),
-    ("GET", "/etcd/leader", "the leader etcd believes in, and the member hound talks to"),
-    ("GET", "/etcd/services", "the services with at least one node, sorted"),
-    ("GET", "/etcd/services/:service", "the nodes of one service, sorted by (ip, port)"),
-    ("POST", "/etcd/event", "emit a custom event to some services or to all (JSON body)"),
-    ("WS", "/etcd/register", "?service=&ip=&port=[&monitor=] register a node while the socket lives; get events"),
-    ("WS", "/etcd/monitor", "?monitor=A,B get the events of the monitored services"),
+    (
+        "GET",
+        "/etcd/leader",
+        "the leader etcd believes in, and the member hound talks to",
+    ),
+    (
+        "GET",
+        "/etcd/services",
+        "the services with at least one node, sorted",
+    ),
+    (
+        "GET",
+        "/etcd/services/:service",
+        "the nodes of one service, sorted by (ip, port)",
+    ),
+    (
+        "POST",
+        "/etcd/event",
+        "emit a custom event to some services or to all (JSON body)",
+    ),
+    (
+        "WS",
+        "/etcd/register",
+        "?service=&ip=&port=[&monitor=] register a node while the socket lives; get events",
+    ),
+    (
+        "WS",
+        "/etcd/monitor",
+        "?monitor=A,B get the events of the monitored services",
+    ),
 ];
 
 /// The route table as `hound --routes` prints it.
@@ -91,10 +119,16 @@ mod tests {
     #[test]
     fn unknown_paths_are_404_and_wrong_methods_405() {
         assert_eq!(route("GET", "/nope").unwrap_err().status(), 404);
-        assert_eq!(route("GET", "/etcd/services/a/b").unwrap_err().status(), 404);
+        assert_eq!(
+            route("GET", "/etcd/services/a/b").unwrap_err().status(),
+            404
+        );
         assert_eq!(route("POST", "/healthz").unwrap_err().status(), 405);
         assert_eq!(route("GET", "/etcd/event").unwrap_err().status(), 405);
-        assert_eq!(route("DELETE", "/etcd/services/x").unwrap_err().status(), 405);
+        assert_eq!(
+            route("DELETE", "/etcd/services/x").unwrap_err().status(),
+            405
+        );
     }
 
     #[test]

@@ -88,10 +88,16 @@ mod tests {
 
     #[test]
     fn register_parameters() {
-        let (registration, services) =
-            params(Route::Register, "service=api&ip=::1&port=8080&monitor=db,api").unwrap();
+        let (registration, services) = params(
+            Route::Register,
+            "service=api&ip=::1&port=8080&monitor=db,api",
+        )
+        .unwrap();
         let (service, node) = registration.unwrap();
-        assert_eq!((service.as_str(), node.to_string().as_str()), ("api", "[::1]:8080"));
+        assert_eq!(
+            (service.as_str(), node.to_string().as_str()),
+            ("api", "[::1]:8080")
+        );
         assert_eq!(services, ["api", "db"]);
     }
 
@@ -118,7 +124,11 @@ mod tests {
     fn monitor_requires_names() {
         assert_eq!(params(Route::Monitor, "monitor=a,b").unwrap().1, ["a", "b"]);
         for query in ["", "monitor=", "monitor=,", "monitor=a%2Fb"] {
-            assert_eq!(params(Route::Monitor, query).unwrap_err().status(), 400, "{query}");
+            assert_eq!(
+                params(Route::Monitor, query).unwrap_err().status(),
+                400,
+                "{query}"
+            );
         }
     }
 }

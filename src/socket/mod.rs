@@ -114,7 +114,8 @@ pub fn serve(
                 match ws.read() {
                     Ok(Message::Close(_)) => {
                         let _ = ws.flush();
-                        return closing.map_or(Ending::ClientClosed, |(code, _)| Ending::Closed(code));
+                        return closing
+                            .map_or(Ending::ClientClosed, |(code, _)| Ending::Closed(code));
                     }
                     // Any frame proves the peer alive; text and binary frames carry nothing
                     // hound acts on and are ignored.
@@ -164,9 +165,12 @@ fn lost(closing: Option<(u16, Instant)>, err: tungstenite::Error) -> Ending {
         (None, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
             Ending::ClientClosed
         }
-        (None, tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => Ending::ClientClosed,
+        (
+            None,
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ),
+        ) => Ending::ClientClosed,
         (None, err) => Ending::PeerLost(err.to_string()),
     }
 }

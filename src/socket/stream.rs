@@ -6,22 +6,14 @@
 //! two addresses, `dup` it into a `TcpStream` we own, and keep tiny_http's box alive (its drop
 //! shuts the connection down) until we are done.
 
-use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
+use std::ops::ControlFlow;
+use std::os::fd::{AsRawFd, RawFd};
 
 use tiny_http::ReadWrite;
 
-/// Descriptors already known to belong to upgraded sockets (tiny_http's and our duplicates).
-/// A search skips them, so finding a new socket costs a directory read, not a `dup` of every
-/// open connection.
-static CLAIMED: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
-
-fn claimed() -> MutexGuard<'static, Option<HashSet<RawFd>>> {
-    CLAIMED.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::fds;
 
 /// An upgraded connection as a plain `TcpStream`, plus what must live as long as it.
 pub struct UpgradedStream {
@@ -37,40 +29,27 @@ impl UpgradedStream {
         local_port: u16,
         peer: SocketAddr,
     ) -> io::Result<UpgradedStream> {
-        let known = claimed().clone().unwrap_or_default();
-        for entry in std::fs::read_dir("/proc/self/fd")? {
-            let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok())
-            else {
-                continue;
-            };
-            if fd <= 2 || known.contains(&fd) {
-                continue;
+        let mut found = None;
+        fds::for_each_connection(local_port, |fd, stream| {
+            if stream.peer_addr().is_ok_and(|addr| addr == peer) {
+                found = Some((fd, stream));
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            // SAFETY: the borrow lives only for the `dup` below. If another thread closed `fd`
-            // since the directory was read, `dup` fails with EBADF; if the number was reused,
-            // we duplicate some other file, whose addresses will not match, and drop it.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            let Ok(duplicate) = borrowed.try_clone_to_owned() else {
-                continue;
-            };
-            let stream = TcpStream::from(duplicate);
-            let matches = stream.peer_addr().is_ok_and(|addr| addr == peer)
-                && stream.local_addr().is_ok_and(|addr| addr.port() == local_port);
-            if matches {
-                claimed()
-                    .get_or_insert_with(HashSet::new)
-                    .extend([fd, stream.as_raw_fd()]);
-                return Ok(UpgradedStream {
-                    stream,
-                    original_fd: fd,
-                    _upgraded: upgraded,
-                });
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no socket from {peer} to port {local_port} among our descriptors"),
-        ))
+        })?;
+        let Some((original_fd, stream)) = found else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no socket from {peer} to port {local_port} among our descriptors"),
+            ));
+        };
+        fds::claim(&[original_fd, stream.as_raw_fd()]);
+        Ok(UpgradedStream {
+            stream,
+            original_fd,
+            _upgraded: upgraded,
+        })
     }
 
     pub fn tcp(&self) -> &TcpStream {
@@ -80,13 +59,8 @@ impl UpgradedStream {
 
 impl Drop for UpgradedStream {
     fn drop(&mut self) {
-        // Unclaim before the fields close the descriptors: a number unclaimed while still
-        // open is harmless (a search would only find foreign addresses on it), whereas one
-        // closed while still claimed could be reused by a new connection that a search skips.
-        if let Some(set) = claimed().as_mut() {
-            set.remove(&self.original_fd);
-            set.remove(&self.stream.as_raw_fd());
-        }
+        // Released here, before the fields close the descriptors (see `fds::release`).
+        fds::release(&[self.original_fd, self.stream.as_raw_fd()]);
     }
 }
 

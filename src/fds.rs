@@ -1,0 +1,139 @@
+//! Our own TCP connections, found among the process's descriptors. tiny_http hides its sockets;
+//! the WebSocket threads need theirs to `poll`, and the connection warden needs every other one
+//! to enforce timeouts.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::TcpStream;
+use std::ops::ControlFlow;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Descriptors that belong to upgraded WebSockets (tiny_http's and our duplicates). Searches
+/// skip them, so a search costs a directory read rather than a `dup` of every open connection.
+static CLAIMED: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
+
+fn claimed() -> MutexGuard<'static, Option<HashSet<RawFd>>> {
+    CLAIMED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks descriptors as owned by a WebSocket thread.
+pub fn claim(fds: &[RawFd]) {
+    claimed().get_or_insert_with(HashSet::new).extend(fds);
+}
+
+/// Gives descriptors back. Call it *before* closing them: a number released while still open
+/// is harmless (a search only finds foreign addresses on it), whereas one closed while still
+/// claimed could be reused by a new connection that searches would then skip.
+pub fn release(fds: &[RawFd]) {
+    if let Some(set) = claimed().as_mut() {
+        for fd in fds {
+            set.remove(fd);
+        }
+    }
+}
+
+/// Calls `visit` with a duplicate of every unclaimed TCP connection whose local port is
+/// `local_port`, until `visit` breaks.
+pub fn for_each_connection(
+    local_port: u16,
+    mut visit: impl FnMut(RawFd, TcpStream) -> ControlFlow<()>,
+) -> io::Result<()> {
+    let known = claimed().clone().unwrap_or_default();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        if fd <= 2 || known.contains(&fd) {
+            continue;
+        }
+        // SAFETY: the borrow lives only for the `dup` below. If another thread closed `fd`
+        // since the directory was read, `dup` fails with EBADF; if the number was reused, we
+        // duplicate some other file, whose addresses will not match, and drop it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let Ok(duplicate) = borrowed.try_clone_to_owned() else {
+            continue;
+        };
+        let stream = TcpStream::from(duplicate);
+        let ours = stream.peer_addr().is_ok()
+            && stream
+                .local_addr()
+                .is_ok_and(|addr| addr.port() == local_port);
+        if ours && visit(fd, stream).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// How long ago a connection last received and last sent data, from the kernel's TCP_INFO.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet {
+    pub since_received: Duration,
+    pub since_sent: Duration,
+}
+
+pub fn quiet(stream: &TcpStream) -> io::Result<Quiet> {
+    // SAFETY: tcp_info is plain old data; zeroes are a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes and `len` holds the buffer's size.
+    let status = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Quiet {
+        since_received: Duration::from_millis(info.tcpi_last_data_recv.into()),
+        since_sent: Duration::from_millis(info.tcpi_last_data_sent.into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    #[test]
+    fn finds_connections_on_a_port_and_skips_claimed_ones() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        let mut found = Vec::new();
+        for_each_connection(port, |fd, stream| {
+            assert_eq!(stream.peer_addr().unwrap(), peer);
+            found.push(fd);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(found, [server_side.as_raw_fd()]);
+
+        claim(&[server_side.as_raw_fd()]);
+        let mut after_claim = 0;
+        for_each_connection(port, |_, _| {
+            after_claim += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        release(&[server_side.as_raw_fd()]);
+        assert_eq!(after_claim, 0);
+
+        client.write_all(b"x").unwrap();
+        let quiet = quiet(&server_side).unwrap();
+        assert!(quiet.since_received < Duration::from_secs(5));
+    }
+}
