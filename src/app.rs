@@ -39,6 +39,10 @@ pub struct App {
 impl App {
     /// Binds the listener, starts the etcd thread and the HTTP workers.
     pub fn start(config: &Config) -> Result<App> {
+        match crate::fds::raise_limit() {
+            Ok(limit) => log::debug!("open file limit: {limit}"),
+            Err(err) => log::warn!("cannot raise the open file limit: {err}"),
+        }
         let server = tiny_http::Server::http(config.listen)
             .map_err(|err| Error::Config(format!("cannot listen on {}: {err}", config.listen)))?;
         let local_addr = server

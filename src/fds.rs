@@ -71,6 +71,27 @@ pub fn for_each_connection(
     Ok(())
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (each WebSocket holds three)
+/// and returns the new soft limit.
+pub fn raise_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// How long ago a connection last received and last sent data, from the kernel's TCP_INFO.
 #[derive(Debug, Clone, Copy)]
 pub struct Quiet {
