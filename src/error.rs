@@ -19,6 +19,8 @@ pub enum Error {
     UpgradeRequired,
     /// The request body is larger than hound accepts. HTTP 413.
     PayloadTooLarge(usize),
+    /// The request line and headers are larger than hound accepts. HTTP 431.
+    HeadTooLarge(usize),
     /// The body is not declared as JSON. HTTP 415.
     UnsupportedMediaType,
     /// etcd cannot be reached or did not answer in time: retry later. HTTP 503.
@@ -38,6 +40,7 @@ impl Error {
             Error::MethodNotAllowed(_) => 405,
             Error::PayloadTooLarge(_) => 413,
             Error::UnsupportedMediaType => 415,
+            Error::HeadTooLarge(_) => 431,
             Error::UpgradeRequired => 426,
             Error::Unavailable(_) => 503,
             Error::Internal(_) => 500,
@@ -56,6 +59,9 @@ impl fmt::Display for Error {
             }
             Error::PayloadTooLarge(limit) => write!(f, "request body is larger than {limit} bytes"),
             Error::UnsupportedMediaType => f.write_str("Content-Type must be application/json"),
+            Error::HeadTooLarge(limit) => {
+                write!(f, "request line and headers are larger than {limit} bytes")
+            }
             Error::Unavailable(why) => write!(f, "etcd is unavailable: {why}"),
             Error::Internal(why) => write!(f, "internal error: {why}"),
         }

@@ -92,14 +92,25 @@ pub fn raise_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// How long ago a connection last received and last sent data, from the kernel's TCP_INFO.
+/// `TCP_ESTABLISHED` from the kernel's `tcp_states.h` (libc does not export it).
+const TCP_ESTABLISHED: u8 = 1;
+
+/// What the kernel knows of a connection's traffic (TCP_INFO and FIONREAD).
 #[derive(Debug, Clone, Copy)]
-pub struct Quiet {
+pub struct Activity {
     pub since_received: Duration,
     pub since_sent: Duration,
+    /// Bytes received from the peer, ever.
+    pub received: u64,
+    /// Whether we ever sent the peer data.
+    pub answered: bool,
+    /// Bytes received but not yet read by anyone.
+    pub unread: usize,
+    /// Still open both ways (not yet shut down by either side).
+    pub established: bool,
 }
 
-pub fn quiet(stream: &TcpStream) -> io::Result<Quiet> {
+pub fn activity(stream: &TcpStream) -> io::Result<Activity> {
     // SAFETY: tcp_info is plain old data; zeroes are a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -116,9 +127,18 @@ pub fn quiet(stream: &TcpStream) -> io::Result<Quiet> {
     if status != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Quiet {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the valid pointer given.
+    if unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &raw mut unread) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Activity {
         since_received: Duration::from_millis(info.tcpi_last_data_recv.into()),
         since_sent: Duration::from_millis(info.tcpi_last_data_sent.into()),
+        received: info.tcpi_bytes_received,
+        answered: info.tcpi_data_segs_out > 0,
+        unread: usize::try_from(unread).unwrap_or(0),
+        established: info.tcpi_state == TCP_ESTABLISHED,
     })
 }
 
@@ -153,8 +173,16 @@ mod tests {
         release(&[server_side.as_raw_fd()]);
         assert_eq!(after_claim, 0);
 
-        client.write_all(b"x").unwrap();
-        let quiet = quiet(&server_side).unwrap();
-        assert!(quiet.since_received < Duration::from_secs(5));
+        let before = activity(&server_side).unwrap();
+        assert_eq!((before.received, before.unread, before.answered), (0, 0, false));
+        client.write_all(b"xy").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut after = activity(&server_side).unwrap();
+        while after.unread < 2 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+            after = activity(&server_side).unwrap();
+        }
+        assert_eq!((after.received, after.unread), (2, 2));
+        assert!(after.since_received < Duration::from_secs(5));
     }
 }

@@ -71,6 +71,7 @@ struct State {
     subscribers: HashMap<String, Vec<SocketId>>,
     sockets: HashMap<SocketId, Subscriber>,
     health: Health,
+    ever_healthy: bool,
     closing: bool,
 }
 
@@ -93,6 +94,7 @@ impl Default for Hub {
                 subscribers: HashMap::new(),
                 sockets: HashMap::new(),
                 health: Health::Unavailable("not connected to etcd yet".into()),
+                ever_healthy: false,
                 closing: false,
             }),
             progress: Condvar::new(),
@@ -132,7 +134,31 @@ impl Hub {
     }
 
     pub fn set_health(&self, health: Health) {
-        self.lock().health = health;
+        let mut state = self.lock();
+        state.ever_healthy |= health == Health::Ok;
+        state.health = health;
+        drop(state);
+        self.progress.notify_all();
+    }
+
+    /// The health, but while hound has never yet been healthy (it is starting), first waits up
+    /// to `timeout` for that to change, so a probe right after start-up is not failed for
+    /// nothing.
+    pub fn health_after_start(&self, timeout: Duration) -> Health {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !state.ever_healthy {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .progress
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.health.clone()
     }
 
     pub fn revision(&self) -> i64 {

@@ -31,7 +31,20 @@ pub fn serve(server: Arc<tiny_http::Server>, context: Arc<Context>) {
     }
 }
 
-fn dispatch(context: &Arc<Context>, mut request: Request) {
+/// Largest request line plus headers hound answers; tiny_http itself sets no limit.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+fn dispatch(context: &Arc<Context>, request: Request) {
+    let head_size = request.url().len()
+        + request
+            .headers()
+            .iter()
+            .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
+            .sum::<usize>();
+    if head_size > MAX_REQUEST_HEAD {
+        respond_error(request, &Error::HeadTooLarge(MAX_REQUEST_HEAD));
+        return;
+    }
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let route = route::route(request.method().as_str(), path);
@@ -44,10 +57,26 @@ fn dispatch(context: &Arc<Context>, mut request: Request) {
                 Err(err) => respond_error(request, &err),
             }
         }
-        Ok((route, _)) => match rest::answer(context, &mut request, &route) {
-            Ok(reply) => respond_json(request, reply.status, reply.body),
-            Err(err) => respond_error(request, &err),
-        },
+        // A body may trickle in for as long as the warden allows; read it on a thread of its
+        // own so a slow client cannot occupy a worker.
+        Ok((Route::Event, _)) => {
+            let context = context.clone();
+            let spawned = std::thread::Builder::new()
+                .name("event-post".into())
+                .stack_size(256 * 1024)
+                .spawn(move || answer(&context, request, &Route::Event));
+            if let Err(err) = spawned {
+                log::error!("cannot start a thread for an event: {err}");
+            }
+        }
+        Ok((route, _)) => answer(context, request, &route),
+    }
+}
+
+fn answer(context: &Context, mut request: Request, route: &Route) {
+    match rest::answer(context, &mut request, route) {
+        Ok(reply) => respond_json(request, reply.status, reply.body),
+        Err(err) => respond_error(request, &err),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The REST routes, answered inline from the mirror (reads) or through etcd (status, events).
 
 use std::io::Read;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tiny_http::Request;
@@ -12,6 +13,9 @@ use crate::http::route::Route;
 use crate::hub::{Audience, Health};
 use crate::message::json_string;
 use crate::names::validate_service;
+
+/// How long reads made while hound is still starting wait for its first view of etcd.
+const STARTUP_GRACE: Duration = Duration::from_secs(2);
 
 /// Largest body `POST /etcd/event` accepts.
 pub const MAX_EVENT_BODY: usize = 64 * 1024;
@@ -30,7 +34,7 @@ fn ok(body: String) -> Result<Reply> {
 /// Answers a REST route.
 pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result<Reply> {
     match route {
-        Route::Healthz => Ok(match context.hub.health() {
+        Route::Healthz => Ok(match context.hub.health_after_start(STARTUP_GRACE) {
             Health::Ok => Reply {
                 status: 200,
                 body: r#"{"status":"ok"}"#.into(),
@@ -48,11 +52,11 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
             env!("CARGO_PKG_VERSION")
         )),
         Route::EtcdVersion => {
-            let status = context.etcd.status()?;
+            let status = etcd_status(context)?;
             ok(format!("{{\"version\":{}}}", json_string(&status.version)))
         }
         Route::EtcdLeader => {
-            let status = context.etcd.status()?;
+            let status = etcd_status(context)?;
             ok(format!(
                 "{{\"leader\":{},\"member_id\":{}}}",
                 status.leader, status.member_id
@@ -83,9 +87,19 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
     }
 }
 
-/// Reads of the mirror answer from memory, but only once it has been filled from etcd.
+/// Asks etcd for its status, answering 503 at once while hound knows etcd is unreachable
+/// rather than tying up a worker until the request times out.
+fn etcd_status(context: &Context) -> Result<crate::etcd::ClusterStatus> {
+    if let Health::Unavailable(reason) = context.hub.health_after_start(STARTUP_GRACE) {
+        return Err(Error::Unavailable(reason));
+    }
+    context.etcd.status()
+}
+
+/// Reads of the mirror answer from memory, but only once it has been filled from etcd (waiting
+/// a little for that while hound starts).
 fn require_mirror(context: &Context) -> Result<()> {
-    if context.hub.revision() == 0 {
+    if !context.hub.wait_for_revision(1, STARTUP_GRACE) {
         return Err(Error::Unavailable(
             "the service namespace has not been read yet".into(),
         ));

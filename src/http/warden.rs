@@ -1,21 +1,36 @@
-//! The connection warden: drops HTTP connections that sit idle or dribble a request that never
-//! completes. tiny_http sets no timeouts and hides its sockets, so once a second the warden
-//! finds them (see `fds`) and asks the kernel how long each has been quiet.
+//! The connection warden: enforces the timeouts tiny_http lacks, and frees tiny_http threads when
+//! connections starve.
+//!
+//! tiny_http sets no timeouts and hides its sockets, so several times a second the warden finds
+//! them (see `fds`) and asks the kernel about each:
+//! - a connection that has received nothing for `idle`, or been sent nothing for `2 × idle`
+//!   (a request trickling in that never completes), is shut down;
+//! - tiny_http 0.12's thread pool can leave a new connection queued behind busy threads when two
+//!   arrive at once (its idle-thread count lags a wake-up), and a pool thread stays busy for as
+//!   long as its keep-alive connection lives. When a connection's request has sat unread for
+//!   `STARVING`, the warden shuts down the connection that has been idle longest, which ends one
+//!   pool thread's task so it serves the waiting one.
+//!
+//! WebSockets are not its business: their threads ping them, and their descriptors are claimed.
 
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::fds;
+use crate::fds::{self, Activity};
 
 /// How often the warden looks.
-const ROUND: Duration = Duration::from_secs(1);
+const ROUND: Duration = Duration::from_millis(200);
+/// A request unread for this long is waiting for a tiny_http thread.
+const STARVING: Duration = Duration::from_millis(300);
+/// A connection that never sent a byte, silent this long, may be closed to free a thread for a
+/// starving one; an answered keep-alive connection after `EVICTABLE_ANSWERED`.
+const EVICTABLE_SILENT: Duration = Duration::from_millis(300);
+const EVICTABLE_ANSWERED: Duration = Duration::from_secs(1);
 
-/// Starts the warden for connections to `port`: a connection that has received nothing for
-/// `idle`, or has been sent nothing for `2 × idle` (a request trickling in that never gets an
-/// answer), is shut down. WebSockets are not its business: their threads ping them.
+/// Starts the warden for connections to `port`.
 pub fn start(port: u16, idle: Duration, stop: Arc<AtomicBool>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("warden".into())
@@ -23,24 +38,60 @@ pub fn start(port: u16, idle: Duration, stop: Arc<AtomicBool>) -> std::io::Resul
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(ROUND);
-                let swept = fds::for_each_connection(port, |_, stream| {
-                    if let Ok(quiet) = fds::quiet(&stream)
-                        && (quiet.since_received >= idle || quiet.since_sent >= idle * 2)
-                    {
-                        log::debug!(
-                            "dropping connection from {:?}: quiet for {:?}/{:?}",
-                            stream.peer_addr(),
-                            quiet.since_received,
-                            quiet.since_sent
-                        );
-                        let _ = stream.shutdown(Shutdown::Both);
-                    }
-                    ControlFlow::Continue(())
-                });
-                if let Err(err) = swept {
+                if let Err(err) = sweep(port, idle) {
                     log::warn!("the connection warden cannot list descriptors: {err}");
                 }
             }
         })
         .map(|_| ())
+}
+
+fn sweep(port: u16, idle: Duration) -> std::io::Result<()> {
+    let mut open: Vec<(TcpStream, Activity)> = Vec::new();
+    fds::for_each_connection(port, |_, stream| {
+        if let Ok(activity) = fds::activity(&stream)
+            && activity.established
+        {
+            open.push((stream, activity));
+        }
+        ControlFlow::Continue(())
+    })?;
+    let (expired, mut open): (Vec<_>, Vec<_>) = open.into_iter().partition(|(_, a)| {
+        a.since_received >= idle || a.since_sent >= idle * 2
+    });
+    for (stream, activity) in &expired {
+        drop_connection(stream, activity, "timed out");
+    }
+    let starving = open
+        .iter()
+        .filter(|(_, a)| a.unread > 0 && a.since_received >= STARVING)
+        .count();
+    if starving == 0 {
+        return Ok(());
+    }
+    // Idle keep-alive connections (answered, quiet since) and silent ones (never sent a byte)
+    // hold a tiny_http thread each; a connection being answered by hound (received, not yet
+    // answered) is never evicted.
+    open.retain(|(_, a)| {
+        let silent = a.received == 0 && a.since_received >= EVICTABLE_SILENT;
+        let idle_keep_alive = a.answered
+            && a.since_received >= EVICTABLE_ANSWERED
+            && a.since_sent >= EVICTABLE_ANSWERED;
+        a.unread == 0 && (silent || idle_keep_alive)
+    });
+    open.sort_by_key(|(_, a)| std::cmp::Reverse(a.since_received));
+    for (stream, activity) in open.iter().take(starving) {
+        drop_connection(stream, activity, "idle while another waits for a thread");
+    }
+    Ok(())
+}
+
+fn drop_connection(stream: &TcpStream, activity: &Activity, why: &str) {
+    log::debug!(
+        "dropping HTTP connection from {:?}: {why} (quiet {:?} in, {:?} out)",
+        stream.peer_addr(),
+        activity.since_received,
+        activity.since_sent
+    );
+    let _ = stream.shutdown(Shutdown::Both);
 }
