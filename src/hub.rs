@@ -209,11 +209,18 @@ impl Hub {
     }
 
     /// Replaces the mirror with a fresh read taken at `revision` and sends `SYNC` to the
-    /// subscribers of every service whose membership changed. Returns how many changed.
-    pub fn resync(&self, fresh: Mirror, revision: i64) -> usize {
+    /// subscribers of every service whose membership changed — or of every subscribed service,
+    /// if `everyone`. Returns how many services changed.
+    pub fn resync(&self, fresh: Mirror, revision: i64, everyone: bool) -> usize {
         let mut state = self.lock();
         let changed = state.mirror.replace(fresh);
-        for (service, membership) in &changed {
+        let services: Vec<String> = if everyone {
+            state.subscribers.keys().cloned().collect()
+        } else {
+            changed.iter().map(|(service, _)| service.clone()).collect()
+        };
+        for service in &services {
+            let membership = state.mirror.membership(service);
             let frame = message::service_event(service, KeyEvent::Sync, membership.json());
             state.deliver_to_service(service, &frame);
         }

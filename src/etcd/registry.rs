@@ -305,7 +305,14 @@ async fn keep_lease_alive(
     period: Duration,
     backoff: &mut Backoff,
 ) -> std::result::Result<(), etcd_client::Error> {
-    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+    let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
+        Ok(pair) => pair,
+        // etcd-client's way of saying etcd answered TTL 0 to the first request.
+        Err(etcd_client::Error::LeaseKeepAliveError(why)) if why == "lease not found" => {
+            return Ok(());
+        }
+        Err(err) => return Err(err),
+    };
     loop {
         keeper.keep_alive().await?;
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, responses.message()).await;

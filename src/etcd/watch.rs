@@ -77,6 +77,9 @@ pub(super) async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<H
 enum Break {
     /// The revision to resume from was compacted: re-read the prefix.
     Compacted,
+    /// etcd is not the cluster we watched (its id changed, or its revision went backwards:
+    /// restored from an empty data dir, or replaced): re-read everything from scratch.
+    Replaced(String),
     /// Anything else: resume from the next revision after a back-off.
     Failed(String),
 }
@@ -97,14 +100,21 @@ pub(super) async fn watch_services(
 ) {
     let prefix = settings.service_prefix();
     let mut backoff = Backoff::new();
-    let mut resume_from: Option<i64> = None;
+    let mut position = Position::default();
     loop {
-        let outcome = services_session(&mut client, &prefix, &hub, &health, &mut resume_from).await;
+        let outcome = services_session(&mut client, &prefix, &hub, &health, &mut position).await;
         health.set(&hub, &health.services_watched, false, None);
         match outcome {
             Break::Compacted => {
                 log::warn!("service watch fell behind a compaction; re-reading {prefix}");
-                resume_from = None;
+                position.resume_from = None;
+            }
+            Break::Replaced(why) => {
+                log::warn!("{why}; re-reading {prefix} and sending every socket a SYNC");
+                position = Position {
+                    resync_everyone: true,
+                    ..Position::default()
+                };
             }
             Break::Failed(why) => {
                 log::warn!("service watch broke: {why}");
@@ -114,25 +124,63 @@ pub(super) async fn watch_services(
     }
 }
 
+/// Where a watch stands: the next revision to watch from, and the cluster it belongs to.
+#[derive(Debug, Default)]
+struct Position {
+    resume_from: Option<i64>,
+    cluster: Option<u64>,
+    /// The next re-read must SYNC every subscribed service, changed or not.
+    resync_everyone: bool,
+}
+
+impl Position {
+    /// Checks a response header against what we know: a different cluster id, or a revision
+    /// below what we already applied, means etcd was replaced or wiped.
+    fn check(&mut self, header: Option<&etcd_client::ResponseHeader>) -> Result<(), Break> {
+        let Some(header) = header else { return Ok(()) };
+        match self.cluster {
+            Some(known) if known != header.cluster_id() => {
+                return Err(Break::Replaced(format!(
+                    "etcd cluster id changed from {known:x} to {:x}",
+                    header.cluster_id()
+                )));
+            }
+            _ => self.cluster = Some(header.cluster_id()),
+        }
+        if let Some(next) = self.resume_from
+            && header.revision() < next - 1
+        {
+            return Err(Break::Replaced(format!(
+                "etcd revision went back from {} to {}",
+                next - 1,
+                header.revision()
+            )));
+        }
+        Ok(())
+    }
+}
+
 async fn services_session(
     client: &mut Client,
     prefix: &str,
     hub: &Hub,
     health: &HealthState,
-    resume_from: &mut Option<i64>,
+    position: &mut Position,
 ) -> Break {
-    let start = match *resume_from {
+    let start = match position.resume_from {
         Some(revision) => revision,
         None => match read_services(client, prefix).await {
-            Ok((mirror, revision)) => {
-                let changed = hub.resync(mirror, revision);
+            Ok((mirror, revision, cluster)) => {
+                let everyone = std::mem::take(&mut position.resync_everyone);
+                let changed = hub.resync(mirror, revision, everyone);
+                position.cluster = Some(cluster);
                 log::info!("read {prefix} at revision {revision}; {changed} services changed");
                 revision + 1
             }
             Err(err) => return err.into(),
         },
     };
-    *resume_from = Some(start);
+    position.resume_from = Some(start);
     let options = WatchOptions::new()
         .with_prefix()
         .with_prev_key()
@@ -154,25 +202,30 @@ async fn services_session(
             }
             return Break::Failed(format!("watch canceled: {}", response.cancel_reason()));
         }
+        if let Err(replaced) = position.check(response.header()) {
+            return replaced;
+        }
         if response.created() {
             health.set(hub, &health.services_watched, true, None);
         }
         let applied = apply_service_events(client, prefix, hub, &response).await;
         if let Some(revision) = applied {
-            *resume_from = Some(revision + 1);
+            position.resume_from = Some(revision + 1);
         }
     }
 }
 
-/// Reads the whole service namespace into a fresh mirror, with the revision it was read at.
+/// Reads the whole service namespace into a fresh mirror, with the revision and cluster id it
+/// was read at.
 async fn read_services(
     client: &mut Client,
     prefix: &str,
-) -> Result<(Mirror, i64), etcd_client::Error> {
+) -> Result<(Mirror, i64, u64), etcd_client::Error> {
     let response = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = response.header().map_or(0, |h| h.revision());
+    let cluster = response.header().map_or(0, |h| h.cluster_id());
     let mut mirror = Mirror::default();
     for kv in response.kvs() {
         if let Some((service, key)) = split_service_key(prefix, kv)
@@ -181,7 +234,7 @@ async fn read_services(
             mirror.put(service, key, node);
         }
     }
-    Ok((mirror, revision))
+    Ok((mirror, revision, cluster))
 }
 
 /// `(<service>, <rest>)` of a key under the prefix whose service segment is a valid name.
@@ -287,15 +340,20 @@ pub(super) async fn watch_events(
 ) {
     let prefix = settings.event_prefix();
     let mut backoff = Backoff::new();
-    let mut resume_from: Option<i64> = None;
+    let mut position = Position::default();
     loop {
-        let outcome = events_session(&mut client, &prefix, &hub, &health, &mut resume_from).await;
+        let outcome = events_session(&mut client, &prefix, &hub, &health, &mut position).await;
         health.set(&hub, &health.events_watched, false, None);
+        let resume_from = position.resume_from;
         match outcome {
+            Break::Replaced(why) => {
+                log::warn!("{why}; watching events afresh");
+                position = Position::default();
+            }
             Break::Compacted => {
                 log::warn!("event watch fell behind a compaction; replaying stored events");
                 match replay_stored_events(&mut client, &prefix, &hub, resume_from).await {
-                    Ok(revision) => resume_from = Some(revision + 1),
+                    Ok(revision) => position.resume_from = Some(revision + 1),
                     Err(err) => {
                         log::warn!("cannot replay events: {err}");
                         tokio::time::sleep(backoff.next_delay()).await;
@@ -315,13 +373,13 @@ async fn events_session(
     prefix: &str,
     hub: &Hub,
     health: &HealthState,
-    resume_from: &mut Option<i64>,
+    position: &mut Position,
 ) -> Break {
     let mut options = WatchOptions::new()
         .with_prefix()
         .with_progress_notify()
         .with_filters([etcd_client::WatchFilterType::NoDelete]);
-    if let Some(revision) = *resume_from {
+    if let Some(revision) = position.resume_from {
         options = options.with_start_revision(revision);
     }
     let mut stream = match client.watch(prefix, Some(options)).await {
@@ -340,6 +398,9 @@ async fn events_session(
             }
             return Break::Failed(format!("watch canceled: {}", response.cancel_reason()));
         }
+        if let Err(replaced) = position.check(response.header()) {
+            return replaced;
+        }
         if response.created() {
             health.set(hub, &health.events_watched, true, None);
         }
@@ -347,16 +408,16 @@ async fn events_session(
         for event in response.events() {
             if let Some(kv) = event.kv() {
                 deliver_stored_event(hub, kv);
-                *resume_from = Some(kv.mod_revision() + 1);
+                position.resume_from = Some(kv.mod_revision() + 1);
             }
         }
         // A fresh watch starts after the revision it was created at; a progress notification
         // vouches for everything up to its revision. A resumed watch's `created` answer does
         // not: the replayed events follow it.
-        let fresh = response.created() && resume_from.is_none();
+        let fresh = response.created() && position.resume_from.is_none();
         let progress = !response.created() && response.events().is_empty();
         if (fresh || progress) && header_revision > 0 {
-            *resume_from = Some(header_revision + 1);
+            position.resume_from = Some(header_revision + 1);
         }
     }
 }
