@@ -174,7 +174,10 @@ mod tests {
         assert_eq!(after_claim, 0);
 
         let before = activity(&server_side).unwrap();
-        assert_eq!((before.received, before.unread, before.answered), (0, 0, false));
+        assert_eq!(
+            (before.received, before.unread, before.answered),
+            (0, 0, false)
+        );
         client.write_all(b"xy").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let mut after = activity(&server_side).unwrap();

@@ -56,9 +56,9 @@ fn sweep(port: u16, idle: Duration) -> std::io::Result<()> {
         }
         ControlFlow::Continue(())
     })?;
-    let (expired, mut open): (Vec<_>, Vec<_>) = open.into_iter().partition(|(_, a)| {
-        a.since_received >= idle || a.since_sent >= idle * 2
-    });
+    let (expired, mut open): (Vec<_>, Vec<_>) = open
+        .into_iter()
+        .partition(|(_, a)| a.since_received >= idle || a.since_sent >= idle * 2);
     for (stream, activity) in &expired {
         drop_connection(stream, activity, "timed out");
     }
