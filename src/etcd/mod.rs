@@ -10,7 +10,6 @@ mod registry;
 mod watch;
 
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::RecvTimeoutError;
@@ -95,11 +94,10 @@ enum Command {
     },
 }
 
-/// The blocking handle. Dropping it ends the etcd thread.
+/// The blocking handle. Dropping it ends the etcd thread (without waiting for it).
 #[derive(Debug)]
 pub struct Etcd {
     commands: mpsc::UnboundedSender<Command>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Etcd {
@@ -109,7 +107,7 @@ impl Etcd {
     pub fn start(settings: Settings, hub: Arc<Hub>) -> Result<Etcd> {
         let (commands, inbox) = mpsc::unbounded_channel();
         let (started_tx, started_rx) = crossbeam_channel::bounded::<Result<()>>(1);
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("etcd".into())
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -126,13 +124,13 @@ impl Etcd {
                 };
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, registry::serve(settings, hub, inbox, started_tx));
+                // Do not wait for tasks stuck on an unreachable etcd: shutdown must stay quick.
+                drop(local);
+                runtime.shutdown_background();
             })
             .map_err(|err| Error::Internal(format!("cannot start the etcd thread: {err}")))?;
         match started_rx.recv() {
-            Ok(Ok(())) => Ok(Etcd {
-                commands,
-                thread: Some(thread),
-            }),
+            Ok(Ok(())) => Ok(Etcd { commands }),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(Error::Internal(
                 "the etcd thread died while starting".into(),
@@ -198,16 +196,6 @@ impl Etcd {
     }
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        // Closing the command channel ends the runtime's serve loop; the thread then returns.
-        let (closed, _) = mpsc::unbounded_channel();
-        drop(std::mem::replace(&mut self.commands, closed));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// Turns an etcd-client error into the 503 the client sees.
 fn unavailable(err: etcd_client::Error) -> Error {

@@ -54,20 +54,27 @@ impl HealthState {
 /// Asks etcd for its status every second so `/healthz` turns 503 soon after etcd stops
 /// answering, even while no request is under way.
 pub(super) async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<HealthState>) {
+    let mut ever_answered = false;
+    let mut first = true;
     loop {
         let answer = tokio::time::timeout(PROBE_INTERVAL, client.status()).await;
         let (ok, problem) = match answer {
-            Ok(Ok(_)) => (true, None),
+            Ok(Ok(status)) => {
+                if !ever_answered {
+                    log::info!("connected to etcd {}", status.version());
+                } else if !health.etcd_answers.get() {
+                    log::info!("etcd answers again");
+                }
+                ever_answered = true;
+                (true, None)
+            }
             Ok(Err(err)) => (false, Some(err.to_string())),
             Err(_) => (false, Some("no answer within 1 s".to_owned())),
         };
-        if ok != health.etcd_answers.get() {
-            if ok {
-                log::info!("etcd answers again");
-            } else {
-                log::warn!("etcd does not answer: {}", problem.as_deref().unwrap_or(""));
-            }
+        if !ok && (first || health.etcd_answers.get()) {
+            log::warn!("etcd does not answer: {}", problem.as_deref().unwrap_or(""));
         }
+        first = false;
         health.set(&hub, &health.etcd_answers, ok, problem);
         tokio::time::sleep(PROBE_INTERVAL).await;
     }

@@ -1,0 +1,185 @@
+//! Verifies that bad input — malformed requests, huge headers, silent clients, odd WebSocket
+//! frames — neither crashes hound, stalls other clients, nor leaves a registration behind.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+
+use crate::support::*;
+
+/// Sends raw bytes and reads whatever comes back until EOF or `within`.
+fn raw_exchange(hound: &Hound, bytes: &[u8], within: Duration) -> Vec<u8> {
+    let mut stream = TcpStream::connect(hound.addr()).expect("connect");
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    stream.set_write_timeout(Some(within)).expect("timeout");
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+/// Asserts that hound still answers promptly.
+fn assert_responsive(hound: &mut Hound) {
+    assert!(
+        hound.is_running(),
+        "hound died; stderr:\n{}",
+        hound.stderr()
+    );
+    let limit = Duration::from_secs(2);
+    let started = Instant::now();
+    let response = try_request_within(hound.addr(), "GET", "/version", &[], b"", limit)
+        .unwrap_or_else(|err| {
+            panic!(
+                "GET /version got no answer within {limit:?} ({err}): hound is stalled after {:?}",
+                started.elapsed()
+            )
+        });
+    assert_eq!(response.status, 200, "{response:?}");
+}
+
+#[test]
+fn malformed_request_lines_do_not_hurt() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &[]);
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"\x00\x01\x02\x03\xff\xfe\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"POST /etcd/event HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+    ] {
+        let answer = raw_exchange(&hound, garbage, Duration::from_secs(3));
+        if !answer.is_empty() {
+            let text = String::from_utf8_lossy(&answer);
+            assert!(text.starts_with("HTTP/1."), "answer to {garbage:?}: {text}");
+        }
+        assert_responsive(&mut hound);
+    }
+}
+
+#[test]
+fn a_huge_header_does_not_hurt() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &[]);
+    let mut request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Huge: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    request.extend_from_slice(b"\r\n\r\n");
+    // Refusing it or answering it are both fine; crashing or stalling is not.
+    let answer = raw_exchange(&hound, &request, Duration::from_secs(5));
+    if !answer.is_empty() {
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1."), "answer: {text}");
+    }
+    assert_responsive(&mut hound);
+}
+
+#[test]
+fn silent_and_half_sent_clients_do_not_stall_others() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &[]);
+    let silent: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(hound.addr()).expect("connect"))
+        .collect();
+    let mut half = TcpStream::connect(hound.addr()).expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .expect("write half a request");
+    let mut half_body = TcpStream::connect(hound.addr()).expect("connect");
+    half_body
+        .write_all(
+            b"POST /etcd/event HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"event_",
+        )
+        .expect("write half a body");
+    for _ in 0..5 {
+        assert_responsive(&mut hound);
+    }
+    let mut ws = monitor_synced(&hound, &["api"]);
+    etcd.client()
+        .put(&hound.key("api", "10.0.0.1:80"), "10.0.0.1:80");
+    expect_message(&mut ws, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
+    drop(silent);
+}
+
+#[test]
+fn a_binary_frame_leaves_no_registration_behind() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &["--ttl", "30"]);
+    let mut client = etcd.client();
+    let mut ws = register(&hound, "api", "10.0.0.1", 80);
+    let _ = next_json(&mut ws, PROMPT);
+    let _ = ws.send(Message::Binary(vec![0u8, 1, 2, 3].into()));
+    assert_responsive(&mut hound);
+    // Whether hound ignores the frame or closes the socket, once the client is gone so is the key.
+    close(ws);
+    poll_until(PROMPT, "the registration to be removed", || {
+        !registered(&mut client, &hound, "api", "10.0.0.1:80")
+    });
+    assert_responsive(&mut hound);
+}
+
+#[test]
+fn invalid_utf8_text_leaves_no_registration_behind() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &["--ttl", "30"]);
+    let mut client = etcd.client();
+    let mut ws = register(&hound, "api", "10.0.0.1", 80);
+    let _ = next_json(&mut ws, PROMPT);
+    write_raw(&mut ws, &raw_frame(0x1, &[0xff, 0xfe, 0xc3, 0x28], None));
+    assert_responsive(&mut hound);
+    vanish(ws);
+    poll_until(PROMPT, "the registration to be removed", || {
+        !registered(&mut client, &hound, "api", "10.0.0.1:80")
+    });
+}
+
+#[test]
+fn a_frame_over_64_kib_closes_with_1009_and_deregisters() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &["--ttl", "30"]);
+    let mut client = etcd.client();
+    let mut watcher = monitor_synced(&hound, &["api"]);
+    let mut ws = register(&hound, "api", "10.0.0.1", 80);
+    let _ = next_json(&mut ws, PROMPT);
+    expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
+    let payload = vec![b'x'; 100 * 1024];
+    write_raw(&mut ws, &raw_frame(0x1, &payload, None));
+    assert_eq!(
+        read_close(&mut ws, PROMPT).map(|(code, _)| code),
+        Some(1009)
+    );
+    expect_message(&mut watcher, &key_event("api", "DELETE", &[]));
+    assert!(!registered(&mut client, &hound, "api", "10.0.0.1:80"));
+    assert_responsive(&mut hound);
+}
+
+#[test]
+fn an_announced_10_mb_frame_closes_with_1009() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &["--ttl", "30"]);
+    let mut client = etcd.client();
+    let mut ws = register(&hound, "api", "10.0.0.1", 80);
+    let _ = next_json(&mut ws, PROMPT);
+    // Announce 10 MB but send only a little: hound must judge the header, not wait for the body.
+    write_raw(
+        &mut ws,
+        &raw_frame(0x2, &[0u8; 1024], Some(10 * 1024 * 1024)),
+    );
+    assert_eq!(
+        read_close(&mut ws, PROMPT).map(|(code, _)| code),
+        Some(1009)
+    );
+    poll_until(PROMPT, "the registration to be removed", || {
+        !registered(&mut client, &hound, "api", "10.0.0.1:80")
+    });
+    assert_responsive(&mut hound);
+}
