@@ -196,7 +196,6 @@ impl Etcd {
     }
 }
 
-
 /// Turns an etcd-client error into the 503 the client sees.
 fn unavailable(err: etcd_client::Error) -> Error {
     Error::Unavailable(err.to_string())
