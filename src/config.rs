@@ -145,9 +145,13 @@ impl Config {
         check_namespace("--namespace", &namespace)?;
         let event_namespace = pick(raw.event_namespace, "HOUND_EVENT_NAMESPACE", "event");
         check_namespace("--event-namespace", &event_namespace)?;
-        if namespace == event_namespace {
+        let nested = |outer: &str, inner: &str| inner.starts_with(&format!("{outer}/"));
+        if namespace == event_namespace
+            || nested(&namespace, &event_namespace)
+            || nested(&event_namespace, &namespace)
+        {
             return Err(Error::Config(
-                "--namespace and --event-namespace must differ".into(),
+                "--namespace and --event-namespace must differ and not contain each other".into(),
             ));
         }
         let ping = pick(raw.ping_interval, "HOUND_PING_INTERVAL", "15");
@@ -276,7 +280,7 @@ mod tests {
             ("HOUND_TTL", "7"),
             ("HOUND_BIND", "0.0.0.0"),
         ];
-        let config = run(&["-p", "80"], &env).unwrap();
+        let config = run(&["--port=80"], &env).unwrap();
         assert_eq!(config.listen, "0.0.0.0:80".parse().unwrap());
         assert_eq!(config.ttl, 7);
     }
@@ -298,6 +302,7 @@ mod tests {
             &["--etcd", ""],
             &["--namespace", "a b"],
             &["--namespace", "same", "--event-namespace", "same"],
+            &["--namespace", "a", "--event-namespace", "a/b"],
             &["--log-level", "loud"],
             &["--ping-interval", "0"],
             &["--idle-timeout", "x"],

@@ -72,9 +72,32 @@ pub fn parse_port(text: &str) -> Result<u16> {
 }
 
 /// A host a node is reachable at: an IP literal or a DNS host name, held in canonical form
-/// (IP literals as the standard library prints them, host names in lower case).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// (IP literals as the standard library prints them, host names in lower case without a
+/// trailing dot). Hosts order numerically: IPv4 addresses, then IPv6, then names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Host(String);
+
+impl Host {
+    fn sort_key(&self) -> (u8, u128, &str) {
+        match self.0.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => (0, u32::from(ip).into(), ""),
+            Ok(IpAddr::V6(ip)) => (1, u128::from(ip), ""),
+            Err(_) => (2, 0, &self.0),
+        }
+    }
+}
+
+impl Ord for Host {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
+impl PartialOrd for Host {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Host {
     /// Parses an IPv4 or IPv6 literal (brackets allowed around IPv6) or an RFC 1123 host name.
@@ -92,7 +115,8 @@ impl Host {
             return Ok(Host(ip.to_string()));
         }
         if is_host_name(text) {
-            return Ok(Host(text.to_ascii_lowercase()));
+            let name = text.strip_suffix('.').unwrap_or(text);
+            return Ok(Host(name.to_ascii_lowercase()));
         }
         Err(bad_host(text))
     }
@@ -210,7 +234,7 @@ mod tests {
         assert_eq!(Host::parse("::1").unwrap().as_str(), "::1");
         assert_eq!(Host::parse("[0:0::1]").unwrap().as_str(), "::1");
         assert_eq!(
-            Host::parse("Db-1.Example.com").unwrap().as_str(),
+            Host::parse("Db-1.Example.com.").unwrap().as_str(),
             "db-1.example.com"
         );
         for bad in [
@@ -258,12 +282,31 @@ mod tests {
 
     #[test]
     fn nodes_sort_by_ip_then_port() {
-        let mut nodes: Vec<Node> = ["10.0.0.2:1", "10.0.0.1:9", "10.0.0.1:2"]
-            .iter()
-            .map(|v| Node::parse_value(v).unwrap())
-            .collect();
+        let mut nodes: Vec<Node> = [
+            "b.example:1",
+            "[::1]:1",
+            "10.0.0.10:1",
+            "10.0.0.2:1",
+            "10.0.0.1:9",
+            "10.0.0.1:2",
+            "a.example:1",
+        ]
+        .iter()
+        .map(|v| Node::parse_value(v).unwrap())
+        .collect();
         nodes.sort();
         let shown: Vec<String> = nodes.iter().map(Node::to_string).collect();
-        assert_eq!(shown, ["10.0.0.1:2", "10.0.0.1:9", "10.0.0.2:1"]);
+        assert_eq!(
+            shown,
+            [
+                "10.0.0.1:2",
+                "10.0.0.1:9",
+                "10.0.0.2:1",
+                "10.0.0.10:1",
+                "[::1]:1",
+                "a.example:1",
+                "b.example:1"
+            ]
+        );
     }
 }

@@ -74,6 +74,9 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
         return;
     };
     if let Some((service, node)) = &plan.registration {
+        // Armed before the attempt: if etcd answers after we gave up, the deregistration the
+        // guard queues behind the registration undoes it, so a 503 never leaves a node behind.
+        cleanup.registration = Some((service.clone(), node.clone()));
         let revision = match context.etcd.register(service, node, id) {
             Ok(revision) => revision,
             Err(err) => {
@@ -82,12 +85,16 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
                 return;
             }
         };
-        cleanup.registration = Some((service.clone(), node.clone()));
         if !context.hub.wait_for_revision(revision, MIRROR_WAIT) {
             let err = Error::Unavailable("hound's watch did not catch up with etcd".into());
             respond_error(request, &err);
             return;
         }
+    }
+    if !context.hub.wait_for_revision(1, MIRROR_WAIT) {
+        let err = Error::Unavailable("hound has not read the service namespace yet".into());
+        respond_error(request, &err);
+        return;
     }
     let signal = match Signal::new() {
         Ok(signal) => Arc::new(signal),

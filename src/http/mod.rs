@@ -108,7 +108,6 @@ pub fn respond_error(request: Request, err: &Error) {
         Error::MethodNotAllowed(allowed) => {
             Header::from_bytes(&b"Allow"[..], allowed.as_bytes()).ok()
         }
-        Error::UpgradeRequired => Header::from_bytes(&b"Upgrade"[..], &b"websocket"[..]).ok(),
         _ => None,
     };
     if let Some(header) = extra_header {

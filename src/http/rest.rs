@@ -153,8 +153,14 @@ fn read_event(request: &mut Request) -> Result<CustomEvent> {
 
 /// Validates an event body.
 pub fn parse_event(body: &[u8]) -> Result<CustomEvent> {
-    let request: EventRequest = serde_json::from_slice(body)
-        .map_err(|err| Error::BadRequest(format!("body is not a JSON event object: {err}")))?;
+    let bad = |err: serde_json::Error| {
+        Error::BadRequest(format!("body is not a JSON event object: {err}"))
+    };
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    if !value.is_object() {
+        return Err(Error::BadRequest("body must be a JSON object".into()));
+    }
+    let request: EventRequest = serde_json::from_value(value).map_err(bad)?;
     let event_type = match request.event_type {
         Some(event_type) if !event_type.is_empty() => event_type,
         _ => {
@@ -223,6 +229,7 @@ mod tests {
             r#"{"event_type":"t","services":"a"}"#,
             r#"{"event_type":1,"broadcast":true}"#,
             r#"{"event_type":"t","broadcast":"yes"}"#,
+            r#"["t",null,["a"],false]"#,
         ] {
             assert_eq!(status_of(body), 400, "{body}");
         }
