@@ -23,6 +23,7 @@ pub struct Context {
     pub hub: Arc<Hub>,
     pub etcd: Etcd,
     pub ping_interval: Duration,
+    pub access: crate::http::access::Access,
     /// The port hound listens on (the one chosen, if 0 was asked for).
     pub port: u16,
 }
@@ -61,6 +62,7 @@ impl App {
             hub,
             etcd,
             ping_interval: config.ping_interval,
+            access: config.access.clone(),
             port: local_addr.port(),
         });
         let server = Arc::new(server);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::error::{Error, Result};
+use crate::http::access::{Access, normalise_origin};
 use crate::names;
 
 pub const USAGE: &str = "\
@@ -25,6 +26,10 @@ Options:
       --ping-interval SECONDS  WebSocket ping interval           [env HOUND_PING_INTERVAL, default 15]
       --idle-timeout SECONDS   drop HTTP connections idle this long
                                (or unanswered twice as long)     [env HOUND_IDLE_TIMEOUT, default 15]
+      --token TOKEN            require Authorization: Bearer TOKEN
+                               (or ?token= on WebSocket routes)  [env HOUND_TOKEN]
+      --allow-origin ORIGINS   comma-separated browser origins allowed
+                               besides hound's own host          [env HOUND_ALLOW_ORIGIN]
       --log-level LEVEL        error, warn, info, debug, trace   [env HOUND_LOG, default info]
   -r, --routes                 print the routes and exit
   -v, --version                print the version and exit
@@ -52,6 +57,7 @@ pub struct Config {
     pub event_namespace: String,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    pub access: Access,
     pub log_level: LevelFilter,
 }
 
@@ -66,6 +72,8 @@ struct RawArgs {
     event_namespace: Option<String>,
     ping_interval: Option<String>,
     idle_timeout: Option<String>,
+    token: Option<String>,
+    allow_origin: Option<String>,
     log_level: Option<String>,
 }
 
@@ -90,6 +98,8 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         event_namespace: flag(&mut args, "--event-namespace")?,
         ping_interval: flag(&mut args, "--ping-interval")?,
         idle_timeout: flag(&mut args, "--idle-timeout")?,
+        token: flag(&mut args, "--token")?,
+        allow_origin: flag(&mut args, "--allow-origin")?,
         log_level: flag(&mut args, "--log-level")?,
     };
     let rest = args.finish();
@@ -158,6 +168,27 @@ impl Config {
         let ping_interval = seconds("--ping-interval", &ping)?;
         let idle = pick(raw.idle_timeout, "HOUND_IDLE_TIMEOUT", "15");
         let idle_timeout = seconds("--idle-timeout", &idle)?;
+        let token = raw.token.or_else(|| env("HOUND_TOKEN"));
+        if token
+            .as_deref()
+            .is_some_and(|t| t.is_empty() || t.chars().any(char::is_whitespace))
+        {
+            return Err(Error::Config(
+                "--token must be non-empty and without spaces".into(),
+            ));
+        }
+        let allowed_origins = raw
+            .allow_origin
+            .or_else(|| env("HOUND_ALLOW_ORIGIN"))
+            .unwrap_or_default()
+            .split(',')
+            .map(normalise_origin)
+            .filter(|origin| !origin.is_empty())
+            .collect();
+        let access = Access {
+            token,
+            allowed_origins,
+        };
         let level = pick(raw.log_level, "HOUND_LOG", "info");
         let log_level = match level.to_ascii_lowercase().as_str() {
             "error" => LevelFilter::Error,
@@ -179,6 +210,7 @@ impl Config {
             event_namespace,
             ping_interval,
             idle_timeout,
+            access,
             log_level,
         })
     }

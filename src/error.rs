@@ -11,6 +11,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The request itself is wrong (a bad name, port, body): fix the request. HTTP 400.
     BadRequest(String),
+    /// The token is missing or wrong: send `Authorization: Bearer TOKEN`. HTTP 401.
+    Unauthorized,
+    /// A browser page on another site asked: allow its origin with `--allow-origin`. HTTP 403.
+    Forbidden(String),
     /// No such route: check the path. HTTP 404.
     NotFound(String),
     /// The route exists but not with this method. HTTP 405.
@@ -36,6 +40,8 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::BadRequest(_) | Error::Config(_) => 400,
+            Error::Unauthorized => 401,
+            Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::PayloadTooLarge(_) => 413,
@@ -51,7 +57,10 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::BadRequest(why) | Error::Config(why) => f.write_str(why),
+            Error::BadRequest(why) | Error::Config(why) | Error::Forbidden(why) => f.write_str(why),
+            Error::Unauthorized => {
+                f.write_str("a valid token is required (Authorization: Bearer TOKEN)")
+            }
             Error::NotFound(path) => write!(f, "no route for {path}"),
             Error::MethodNotAllowed(allowed) => write!(f, "method not allowed; use {allowed}"),
             Error::UpgradeRequired => {

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::error::{Error, Result};
 use crate::membership::{Membership, Mirror};
 use crate::message::{self, BROADCAST_NAMESPACE, Frame, KeyEvent};
+use crate::metrics;
 use crate::names::Node;
 use crate::socket::signal::{Signal, close_code};
 
@@ -42,6 +43,13 @@ pub enum Health {
     Unavailable(String),
 }
 
+/// What a socket was opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    Register,
+    Monitor,
+}
+
 /// The sending half of a socket: its bounded queue and its doorbell.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
@@ -61,6 +69,7 @@ impl Mailbox {
 struct Subscriber {
     mailbox: Mailbox,
     services: Vec<String>,
+    kind: SocketKind,
 }
 
 #[derive(Debug)]
@@ -252,7 +261,13 @@ impl Hub {
 
     /// Subscribes socket `id` to `services`: queues a `SYNC` for each first, atomically with
     /// the subscription, so the socket sees every later change and nothing twice.
-    pub fn subscribe(&self, id: SocketId, services: Vec<String>, mailbox: Mailbox) -> Result<()> {
+    pub fn subscribe(
+        &self,
+        id: SocketId,
+        kind: SocketKind,
+        services: Vec<String>,
+        mailbox: Mailbox,
+    ) -> Result<()> {
         let mut state = self.lock();
         if state.closing {
             return Err(Error::Unavailable("hound is shutting down".into()));
@@ -274,7 +289,15 @@ impl Hub {
                 .or_default()
                 .push(id);
         }
-        state.sockets.insert(id, Subscriber { mailbox, services });
+        metrics::MESSAGES_SENT.add(services.len() as u64);
+        state.sockets.insert(
+            id,
+            Subscriber {
+                mailbox,
+                services,
+                kind,
+            },
+        );
         Ok(())
     }
 
@@ -304,6 +327,20 @@ impl Hub {
 
     pub fn socket_count(&self) -> usize {
         self.lock().sockets.len()
+    }
+
+    /// Open sockets by kind, for `/metrics`.
+    pub fn socket_gauges(&self) -> metrics::SocketGauges {
+        let state = self.lock();
+        let register = state
+            .sockets
+            .values()
+            .filter(|s| s.kind == SocketKind::Register)
+            .count();
+        metrics::SocketGauges {
+            register,
+            monitor: state.sockets.len() - register,
+        }
     }
 
     /// Waits until every socket has left; false on timeout.
@@ -348,10 +385,15 @@ impl State {
             };
             let mailbox = &subscriber.mailbox;
             match mailbox.queue.try_send(frame.clone()) {
-                // One wake per burst: a queue that already held messages has a wake pending.
-                Ok(()) if mailbox.queue.len() <= 1 => mailbox.signal.wake(),
-                Ok(()) => {}
+                Ok(()) => {
+                    metrics::MESSAGES_SENT.add(1);
+                    // One wake per burst: a queue that already held messages has a wake pending.
+                    if mailbox.queue.len() <= 1 {
+                        mailbox.signal.wake();
+                    }
+                }
                 Err(TrySendError::Full(_)) => {
+                    metrics::SLOW_SOCKETS_CLOSED.add(1);
                     log::warn!("socket {id} does not read its messages; closing it (1013)");
                     mailbox.signal.request_close(close_code::TRY_AGAIN_LATER);
                     gone.push(*id);
@@ -393,6 +435,7 @@ mod tests {
         let id = hub.next_socket_id();
         hub.subscribe(
             id,
+            SocketKind::Monitor,
             services.iter().map(|s| s.to_string()).collect(),
             mailbox,
         )
@@ -476,6 +519,9 @@ mod tests {
         hub.close_all(close_code::GOING_AWAY);
         assert_eq!(signal.close_requested(), Some(close_code::GOING_AWAY));
         let (mailbox, _) = Mailbox::new(4, Arc::new(Signal::new().unwrap()));
-        assert!(hub.subscribe(99, vec!["a".into()], mailbox).is_err());
+        assert!(
+            hub.subscribe(99, SocketKind::Monitor, vec!["a".into()], mailbox)
+                .is_err()
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod hub;
 pub mod membership;
 pub mod message;
+pub mod metrics;
 pub mod names;
 pub mod session;
 pub mod socket;

@@ -14,7 +14,8 @@ use crate::app::Context;
 use crate::error::Error;
 use crate::http::respond_error;
 use crate::http::upgrade::SocketPlan;
-use crate::hub::{Mailbox, SocketId};
+use crate::hub::{Mailbox, SocketId, SocketKind};
+use crate::metrics;
 use crate::names::Node;
 use crate::socket::signal::Signal;
 use crate::socket::stream::UpgradedStream;
@@ -70,7 +71,11 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
     let context = cleanup.context;
     let id = cleanup.id;
     let Some(peer) = request.remote_addr().copied() else {
-        respond_error(request, &Error::BadRequest("no peer address".into()));
+        respond_error(
+            request,
+            plan.route,
+            &Error::BadRequest("no peer address".into()),
+        );
         return;
     };
     if let Some((service, node)) = &plan.registration {
@@ -81,19 +86,19 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
             Ok(revision) => revision,
             Err(err) => {
                 log::warn!("could not register {service}/{node} for {peer}: {err}");
-                respond_error(request, &err);
+                respond_error(request, plan.route, &err);
                 return;
             }
         };
         if !context.hub.wait_for_revision(revision, MIRROR_WAIT) {
             let err = Error::Unavailable("hound's watch did not catch up with etcd".into());
-            respond_error(request, &err);
+            respond_error(request, plan.route, &err);
             return;
         }
     }
     if !context.hub.wait_for_revision(1, MIRROR_WAIT) {
         let err = Error::Unavailable("hound has not read the service namespace yet".into());
-        respond_error(request, &err);
+        respond_error(request, plan.route, &err);
         return;
     }
     let signal = match Signal::new() {
@@ -101,18 +106,30 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
         Err(err) => {
             respond_error(
                 request,
+                plan.route,
                 &Error::Internal(format!("cannot create an eventfd: {err}")),
             );
             return;
         }
     };
     let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY, signal.clone());
-    if let Err(err) = context.hub.subscribe(id, plan.services.clone(), mailbox) {
-        respond_error(request, &err);
+    let kind = if plan.registration.is_some() {
+        SocketKind::Register
+    } else {
+        SocketKind::Monitor
+    };
+    if let Err(err) = context
+        .hub
+        .subscribe(id, kind, plan.services.clone(), mailbox)
+    {
+        respond_error(request, plan.route, &err);
         return;
     }
     let ws = match handshake(request, &plan.accept_key, context.port, peer) {
-        Ok(stream) => WebSocket::from_raw_socket(stream, Role::Server, Some(websocket_config())),
+        Ok(stream) => {
+            metrics::count_request(plan.route, 101);
+            WebSocket::from_raw_socket(stream, Role::Server, Some(websocket_config()))
+        }
         Err(err) => {
             log::error!("socket {id} from {peer}: {err}");
             return;

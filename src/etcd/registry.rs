@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
@@ -17,6 +18,7 @@ use super::watch::{self, HealthState};
 use super::{ClusterStatus, Command, REQUEST_TIMEOUT, Settings, unavailable};
 use crate::error::{Error, Result};
 use crate::hub::{Hub, SocketId};
+use crate::metrics;
 use crate::names::Node;
 use crate::socket::signal::close_code;
 
@@ -126,6 +128,7 @@ pub(super) async fn serve(
                 });
             }
         }
+        metrics::REGISTRATIONS.store(registry.held.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -281,6 +284,7 @@ async fn keep_alive(mut client: Client, key: String, node: Node, lease: Rc<Cell<
                 match grant_and_put(&mut client, &key, &node, ttl).await {
                     Ok((fresh, _)) => {
                         lease.set(fresh);
+                        metrics::LEASE_REGRANTS.add(1);
                         log::info!("registered {key} again with a new lease");
                         backoff.reset();
                     }

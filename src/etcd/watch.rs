@@ -16,6 +16,7 @@ use super::registry::TOMBSTONE_SEGMENT;
 use crate::hub::{Change, Health, Hub};
 use crate::membership::Mirror;
 use crate::message::KeyEvent;
+use crate::metrics;
 use crate::names::{Node, is_service_name};
 
 /// How often the health probe asks etcd for its status.
@@ -64,6 +65,7 @@ pub(super) async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<H
                     log::info!("connected to etcd {}", status.version());
                 } else if !health.etcd_answers.get() {
                     log::info!("etcd answers again");
+                    metrics::ETCD_RECONNECTS.add(1);
                 }
                 ever_answered = true;
                 (true, None)
@@ -114,9 +116,11 @@ pub(super) async fn watch_services(
         match outcome {
             Break::Compacted => {
                 log::warn!("service watch fell behind a compaction; re-reading {prefix}");
+                metrics::WATCH_RESYNCS.add(1);
                 position.resume_from = None;
             }
             Break::Replaced(why) => {
+                metrics::WATCH_RESYNCS.add(1);
                 log::warn!("{why}; re-reading {prefix} and sending every socket a SYNC");
                 position = Position {
                     resync_everyone: true,

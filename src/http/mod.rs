@@ -1,6 +1,7 @@
 //! The HTTP side: worker threads take requests from tiny_http, answer REST routes inline, and
 //! hand validated WebSocket upgrades to their own threads. Errors become responses here only.
 
+pub mod access;
 pub mod query;
 pub mod rest;
 pub mod route;
@@ -15,13 +16,18 @@ use tiny_http::{Header, Request, Response};
 use crate::app::Context;
 use crate::error::Error;
 use crate::message::json_string;
+use crate::metrics;
 use query::Query;
-use route::Route;
+use route::{Route, UNROUTED};
+
+/// Largest request line plus headers hound answers; tiny_http itself sets no limit.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// Serves requests until the server is unblocked at shutdown.
 pub fn serve(server: Arc<tiny_http::Server>, context: Arc<Context>) {
     while let Ok(request) = server.recv() {
         let method = request.method().to_string();
+        // The path only: a `?token=` must never reach the log.
         let path = request.url().split('?').next().unwrap_or("").to_owned();
         log::debug!("{method} {path} from {:?}", request.remote_addr());
         // A panic costs only its request: tiny_http answers a dropped request with 500.
@@ -31,9 +37,6 @@ pub fn serve(server: Arc<tiny_http::Server>, context: Arc<Context>) {
     }
 }
 
-/// Largest request line plus headers hound answers; tiny_http itself sets no limit.
-pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
-
 fn dispatch(context: &Arc<Context>, request: Request) {
     let head_size = request.url().len()
         + request
@@ -42,24 +45,34 @@ fn dispatch(context: &Arc<Context>, request: Request) {
             .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
             .sum::<usize>();
     if head_size > MAX_REQUEST_HEAD {
-        respond_error(request, &Error::HeadTooLarge(MAX_REQUEST_HEAD));
+        respond_error(request, UNROUTED, &Error::HeadTooLarge(MAX_REQUEST_HEAD));
         return;
     }
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let route = route::route(request.method().as_str(), path);
-    let query = route.and_then(|route| Ok((route, Query::parse(query)?)));
-    match query {
-        Err(err) => respond_error(request, &err),
-        Ok((route @ (Route::Register | Route::Monitor), query)) => {
-            match upgrade::plan(&request, &route, &query) {
-                Ok(plan) => crate::session::start(context.clone(), request, plan),
-                Err(err) => respond_error(request, &err),
-            }
-        }
+    let route = match route::route(request.method().as_str(), path) {
+        Ok(route) => route,
+        Err(err) => return respond_error(request, UNROUTED, &err),
+    };
+    let label = route.label();
+    let checked = Query::parse(query).and_then(|query| {
+        context
+            .access
+            .check(&request, &route, &query)
+            .map(|()| query)
+    });
+    let query = match checked {
+        Ok(query) => query,
+        Err(err) => return respond_error(request, label, &err),
+    };
+    match route {
+        Route::Register | Route::Monitor => match upgrade::plan(&request, &route, &query) {
+            Ok(plan) => crate::session::start(context.clone(), request, plan),
+            Err(err) => respond_error(request, label, &err),
+        },
         // A body may trickle in for as long as the warden allows; read it on a thread of its
         // own so a slow client cannot occupy a worker.
-        Ok((Route::Event, _)) => {
+        Route::Event => {
             let context = context.clone();
             let spawned = std::thread::Builder::new()
                 .name("event-post".into())
@@ -69,48 +82,52 @@ fn dispatch(context: &Arc<Context>, request: Request) {
                 log::error!("cannot start a thread for an event: {err}");
             }
         }
-        Ok((route, _)) => answer(context, request, &route),
+        route => answer(context, request, &route),
     }
 }
 
 fn answer(context: &Context, mut request: Request, route: &Route) {
     match rest::answer(context, &mut request, route) {
-        Ok(reply) => respond_json(request, reply.status, reply.body),
-        Err(err) => respond_error(request, &err),
+        Ok(reply) => {
+            metrics::count_request(route.label(), reply.status);
+            let response = with_content_type(
+                Response::from_string(reply.body).with_status_code(reply.status),
+                reply.content_type,
+            );
+            if let Err(err) = request.respond(response) {
+                log::debug!("could not send a response: {err}");
+            }
+        }
+        Err(err) => respond_error(request, route.label(), &err),
     }
 }
 
-/// A response with `Content-Type: application/json`.
-fn json_response(status: u16, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
-    let response = Response::from_string(body).with_status_code(status);
-    match Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
+fn with_content_type<R: std::io::Read>(response: Response<R>, content_type: &str) -> Response<R> {
+    match Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
         Ok(header) => response.with_header(header),
         Err(()) => response,
     }
 }
 
-/// Sends a JSON body with `status`.
-pub fn respond_json(request: Request, status: u16, body: String) {
-    if let Err(err) = request.respond(json_response(status, body)) {
-        log::debug!("could not send a response: {err}");
-    }
-}
-
 /// The one place an [`Error`] becomes an HTTP answer: its status and `{"error": "..."}`.
-pub fn respond_error(request: Request, err: &Error) {
+/// `route` labels the answer in the metrics.
+pub fn respond_error(request: Request, route: &'static str, err: &Error) {
     if let Error::Internal(_) = err {
         log::error!("{err}");
     }
-    let body = format!("{{\"error\":{}}}", json_string(&err.to_string()));
     let status = err.status();
-    let mut response = json_response(status, body);
+    metrics::count_request(route, status);
+    let body = format!("{{\"error\":{}}}", json_string(&err.to_string()));
+    let mut response = with_content_type(
+        Response::from_string(body).with_status_code(status),
+        "application/json",
+    );
     let extra_header = match err {
-        Error::MethodNotAllowed(allowed) => {
-            Header::from_bytes(&b"Allow"[..], allowed.as_bytes()).ok()
-        }
-        _ => None,
+        Error::MethodNotAllowed(allowed) => Header::from_bytes(&b"Allow"[..], allowed.as_bytes()),
+        Error::Unauthorized => Header::from_bytes(&b"WWW-Authenticate"[..], &b"Bearer"[..]),
+        _ => Err(()),
     };
-    if let Some(header) = extra_header {
+    if let Ok(header) = extra_header {
         response.add_header(header);
     }
     if let Err(err) = request.respond(response) {

@@ -12,6 +12,7 @@ use crate::etcd::CustomEvent;
 use crate::http::route::Route;
 use crate::hub::{Audience, Health};
 use crate::message::json_string;
+use crate::metrics;
 use crate::names::validate_service;
 
 /// How long reads made while hound is still starting wait for its first view of etcd.
@@ -25,10 +26,17 @@ pub const MAX_EVENT_BODY: usize = 64 * 1024;
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    pub content_type: &'static str,
 }
 
+const JSON: &str = "application/json";
+
 fn ok(body: String) -> Result<Reply> {
-    Ok(Reply { status: 200, body })
+    Ok(Reply {
+        status: 200,
+        body,
+        content_type: JSON,
+    })
 }
 
 /// Answers a REST route.
@@ -38,6 +46,7 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
             Health::Ok => Reply {
                 status: 200,
                 body: r#"{"status":"ok"}"#.into(),
+                content_type: JSON,
             },
             Health::Unavailable(reason) => Reply {
                 status: 503,
@@ -45,6 +54,7 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
                     "{{\"status\":\"unavailable\",\"reason\":{}}}",
                     json_string(&reason)
                 ),
+                content_type: JSON,
             },
         }),
         Route::Version => ok(format!(
@@ -83,6 +93,11 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
             context.etcd.publish(event)?;
             ok("{}".into())
         }
+        Route::Metrics => Ok(Reply {
+            status: 200,
+            body: metrics::render(context.hub.socket_gauges()),
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+        }),
         Route::Register | Route::Monitor => Err(Error::UpgradeRequired),
     }
 }

@@ -16,7 +16,29 @@ pub enum Route {
     Event,
     Register,
     Monitor,
+    Metrics,
 }
+
+impl Route {
+    /// The route's pattern, as `--routes` lists it and metrics label it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Healthz => "/healthz",
+            Route::Version => "/version",
+            Route::EtcdVersion => "/etcd/version",
+            Route::EtcdLeader => "/etcd/leader",
+            Route::Services => "/etcd/services",
+            Route::ServiceNodes(_) => "/etcd/services/:service",
+            Route::Event => "/etcd/event",
+            Route::Register => "/etcd/register",
+            Route::Monitor => "/etcd/monitor",
+            Route::Metrics => "/metrics",
+        }
+    }
+}
+
+/// The metrics label of requests that matched no route.
+pub const UNROUTED: &str = "unrouted";
 
 /// `(method, path, meaning)` for `hound --routes` and the docs.
 pub const ROUTES: &[(&str, &str, &str)] = &[
@@ -57,6 +79,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/etcd/monitor",
         "?monitor=A,B get the events of the monitored services",
     ),
+    (
+        "GET",
+        "/metrics",
+        "counters and gauges in the Prometheus text format",
+    ),
 ];
 
 /// The route table as `hound --routes` prints it.
@@ -79,6 +106,7 @@ pub fn route(method: &str, path: &str) -> Result<Route> {
         "/etcd/event" => (Route::Event, "POST"),
         "/etcd/register" => (Route::Register, "GET"),
         "/etcd/monitor" => (Route::Monitor, "GET"),
+        "/metrics" => (Route::Metrics, "GET"),
         _ => match path.strip_prefix("/etcd/services/") {
             Some(service) if !service.contains('/') => {
                 let service = percent_decode(service)
@@ -132,11 +160,20 @@ mod tests {
     }
 
     #[test]
+    fn labels_match_the_table() {
+        for (method, path, _) in ROUTES {
+            let concrete = path.replace(":service", "api");
+            let method = if *method == "WS" { "GET" } else { method };
+            assert_eq!(route(method, &concrete).unwrap().label(), *path);
+        }
+    }
+
+    #[test]
     fn every_route_is_listed() {
         let listing = describe_routes();
         for (_, path, _) in ROUTES {
             assert!(listing.contains(path));
         }
-        assert_eq!(listing.lines().count(), 9);
+        assert_eq!(listing.lines().count(), 10);
     }
 }

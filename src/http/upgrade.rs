@@ -18,6 +18,8 @@ pub struct SocketPlan {
     pub services: Vec<String>,
     /// The `Sec-WebSocket-Accept` value to answer with.
     pub accept_key: String,
+    /// The route's label, for metrics.
+    pub route: &'static str,
 }
 
 /// Validates an upgrade request for the register or monitor route.
@@ -46,6 +48,7 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
         registration,
         services,
         accept_key: derive_accept_key(key.trim().as_bytes()),
+        route: route.label(),
     })
 }
 

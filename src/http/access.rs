@@ -1,0 +1,138 @@
+//! Access rules: refuse cross-site browser requests, and require the token if one is set.
+
+use tiny_http::Request;
+
+use crate::error::{Error, Result};
+use crate::http::query::Query;
+use crate::http::route::Route;
+
+/// Who may call hound.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Required as `Authorization: Bearer …` (or `?token=` on WebSocket routes), if set.
+    pub token: Option<String>,
+    /// Origins allowed besides the request's own host, normalised (see [`normalise_origin`]).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Access {
+    /// Checks a routed request: 401 without the token, 403 for a foreign `Origin` on a
+    /// WebSocket upgrade or a POST.
+    pub fn check(&self, request: &Request, route: &Route, query: &Query) -> Result<()> {
+        if let Some(token) = &self.token
+            && !matches!(route, Route::Healthz | Route::Version)
+        {
+            let bearer = header(request, "Authorization").and_then(|value| {
+                let (scheme, credentials) = value.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| credentials.trim().to_owned())
+            });
+            let from_query = match route {
+                Route::Register | Route::Monitor => query.get("token").map(str::to_owned),
+                _ => None,
+            };
+            let presented = [bearer, from_query];
+            if !presented
+                .iter()
+                .flatten()
+                .any(|given| same_secret(given.as_bytes(), token.as_bytes()))
+            {
+                return Err(Error::Unauthorized);
+            }
+        }
+        if matches!(route, Route::Register | Route::Monitor | Route::Event)
+            && let Some(origin) = header(request, "Origin")
+        {
+            let own_host = header(request, "Host").unwrap_or_default();
+            let origin = normalise_origin(origin);
+            let same_site = authority_of(&origin).is_some_and(|authority| {
+                with_default_port(&authority, 80)
+                    == with_default_port(&own_host.to_ascii_lowercase(), 80)
+            });
+            if !same_site && !self.allowed_origins.contains(&origin) {
+                return Err(Error::Forbidden(format!(
+                    "cross-site request from origin {origin:?} refused; allow it with --allow-origin"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let differences = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    differences == 0 && given.len() == expected.len()
+}
+
+/// `scheme://host[:port]` in lower case without a trailing slash.
+pub fn normalise_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// `host:port` of a normalised origin, with the scheme's default port made explicit.
+fn authority_of(origin: &str) -> Option<String> {
+    let (scheme, authority) = origin.split_once("://")?;
+    let default = match scheme {
+        "http" | "ws" => 80,
+        "https" | "wss" => 443,
+        _ => return None,
+    };
+    Some(with_default_port(authority, default))
+}
+
+/// `authority` with `:port` appended when it has none (IPv6 literals are bracketed).
+fn with_default_port(authority: &str, default: u16) -> String {
+    let has_port = match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abd", b"abc"));
+        assert!(!same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"abcd", b"abc"));
+        assert!(!same_secret(b"", b"abc"));
+    }
+
+    #[test]
+    fn origins_get_their_default_ports() {
+        assert_eq!(authority_of("http://a.example").unwrap(), "a.example:80");
+        assert_eq!(authority_of("https://a.example").unwrap(), "a.example:443");
+        assert_eq!(
+            authority_of("http://a.example:3000").unwrap(),
+            "a.example:3000"
+        );
+        assert_eq!(authority_of("http://[::1]").unwrap(), "[::1]:80");
+        assert_eq!(authority_of("http://[::1]:8").unwrap(), "[::1]:8");
+        assert!(authority_of("null").is_none());
+        assert!(authority_of("file://x").is_none());
+        assert_eq!(normalise_origin(" HTTP://A.example/ "), "http://a.example");
+    }
+}
