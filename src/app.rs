@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::etcd::{Etcd, Settings};
+use crate::http::listener::Listener;
 use crate::hub::Hub;
 use crate::socket::signal::close_code;
 
@@ -16,6 +17,8 @@ const HTTP_WORKERS: usize = 4;
 /// The whole shutdown must fit in 5 s even with etcd gone.
 const DEREGISTER_BUDGET: Duration = Duration::from_millis(2500);
 const SOCKET_CLOSE_BUDGET: Duration = Duration::from_millis(1500);
+/// Descriptors kept back from the connection cap for etcd, the listener and files.
+const FD_RESERVE: u64 = 64;
 
 /// What request handlers and socket threads share.
 #[derive(Debug)]
@@ -26,11 +29,13 @@ pub struct Context {
     pub access: crate::http::access::Access,
     /// The port hound listens on (the one chosen, if 0 was asked for).
     pub port: u16,
+    /// Past this many open connections (HTTP and WebSocket), requests get 503.
+    pub max_connections: usize,
 }
 
 /// A running hound.
 pub struct App {
-    server: Arc<tiny_http::Server>,
+    listener: Arc<Listener>,
     stop_warden: Arc<AtomicBool>,
     context: Arc<Context>,
     workers: Vec<JoinHandle<()>>,
@@ -40,16 +45,22 @@ pub struct App {
 impl App {
     /// Binds the listener, starts the etcd thread and the HTTP workers.
     pub fn start(config: &Config) -> Result<App> {
-        match crate::fds::raise_limit() {
-            Ok(limit) => log::debug!("open file limit: {limit}"),
-            Err(err) => log::warn!("cannot raise the open file limit: {err}"),
-        }
-        let server = tiny_http::Server::http(config.listen)
+        let fd_limit = match crate::fds::raise_limit() {
+            Ok(limit) => limit,
+            Err(err) => {
+                log::warn!("cannot raise the open file limit: {err}");
+                1024
+            }
+        };
+        // Each WebSocket holds three descriptors (tiny_http's, our duplicate, an eventfd);
+        // keep a reserve for etcd connections, the listener and files.
+        let fd_budget =
+            usize::try_from(fd_limit.saturating_sub(FD_RESERVE) / 3).unwrap_or(usize::MAX);
+        let max_connections = config.max_connections.unwrap_or(fd_budget).max(1);
+        log::debug!("open file limit {fd_limit}; at most {max_connections} connections");
+        let listener = Listener::bind(config.listen)
             .map_err(|err| Error::Config(format!("cannot listen on {}: {err}", config.listen)))?;
-        let local_addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| Error::Internal("the listener has no IP address".into()))?;
+        let local_addr = listener.local_addr();
         let hub = Arc::new(Hub::default());
         let settings = Settings {
             endpoints: config.etcd_endpoints.clone(),
@@ -64,14 +75,15 @@ impl App {
             ping_interval: config.ping_interval,
             access: config.access.clone(),
             port: local_addr.port(),
+            max_connections,
         });
-        let server = Arc::new(server);
+        let listener = Arc::new(listener);
         let mut workers = Vec::new();
         for n in 0..HTTP_WORKERS {
-            let (server, context) = (server.clone(), context.clone());
+            let (listener, context) = (listener.clone(), context.clone());
             let worker = std::thread::Builder::new()
                 .name(format!("http-{n}"))
-                .spawn(move || crate::http::serve(server, context))
+                .spawn(move || crate::http::serve(listener, context))
                 .map_err(|err| Error::Internal(format!("cannot start an HTTP worker: {err}")))?;
             workers.push(worker);
         }
@@ -85,7 +97,7 @@ impl App {
             config.ttl
         );
         Ok(App {
-            server,
+            listener,
             stop_warden,
             context,
             workers,
@@ -103,9 +115,7 @@ impl App {
         let started = Instant::now();
         log::info!("shutting down");
         self.stop_warden.store(true, Ordering::Relaxed);
-        for _ in &self.workers {
-            self.server.unblock();
-        }
+        self.listener.stop();
         self.context.hub.close_all(close_code::GOING_AWAY);
         if let Err(err) = self.context.etcd.deregister_all(DEREGISTER_BUDGET) {
             log::warn!("could not deregister everything: {err}; leases will expire");

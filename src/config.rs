@@ -26,6 +26,8 @@ Options:
       --ping-interval SECONDS  WebSocket ping interval           [env HOUND_PING_INTERVAL, default 15]
       --idle-timeout SECONDS   drop HTTP connections idle this long
                                (or unanswered twice as long)     [env HOUND_IDLE_TIMEOUT, default 15]
+      --max-connections N      answer 503 past this many open
+                               connections        [env HOUND_MAX_CONNECTIONS, default from fd limit]
       --token TOKEN            require Authorization: Bearer TOKEN
                                (or ?token= on WebSocket routes)  [env HOUND_TOKEN]
       --allow-origin ORIGINS   comma-separated browser origins allowed
@@ -58,6 +60,8 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub access: Access,
+    /// Past this many open connections requests get 503; `None` derives it from the fd limit.
+    pub max_connections: Option<usize>,
     pub log_level: LevelFilter,
 }
 
@@ -73,6 +77,7 @@ struct RawArgs {
     ping_interval: Option<String>,
     idle_timeout: Option<String>,
     token: Option<String>,
+    max_connections: Option<String>,
     allow_origin: Option<String>,
     log_level: Option<String>,
 }
@@ -99,6 +104,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         ping_interval: flag(&mut args, "--ping-interval")?,
         idle_timeout: flag(&mut args, "--idle-timeout")?,
         token: flag(&mut args, "--token")?,
+        max_connections: flag(&mut args, "--max-connections")?,
         allow_origin: flag(&mut args, "--allow-origin")?,
         log_level: flag(&mut args, "--log-level")?,
     };
@@ -189,6 +195,17 @@ impl Config {
             token,
             allowed_origins,
         };
+        let max_connections = match raw.max_connections.or_else(|| env("HOUND_MAX_CONNECTIONS")) {
+            None => None,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "--max-connections {text:?} is not a positive number"
+                    )));
+                }
+            },
+        };
         let level = pick(raw.log_level, "HOUND_LOG", "info");
         let log_level = match level.to_ascii_lowercase().as_str() {
             "error" => LevelFilter::Error,
@@ -211,6 +228,7 @@ impl Config {
             ping_interval,
             idle_timeout,
             access,
+            max_connections,
             log_level,
         })
     }
@@ -338,6 +356,7 @@ mod tests {
             &["--log-level", "loud"],
             &["--ping-interval", "0"],
             &["--idle-timeout", "x"],
+            &["--max-connections", "0"],
             &["--bogus"],
             &["stray"],
             &["--port"],

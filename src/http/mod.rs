@@ -2,6 +2,7 @@
 //! hand validated WebSocket upgrades to their own threads. Errors become responses here only.
 
 pub mod access;
+pub mod listener;
 pub mod query;
 pub mod rest;
 pub mod route;
@@ -23,9 +24,9 @@ use route::{Route, UNROUTED};
 /// Largest request line plus headers hound answers; tiny_http itself sets no limit.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
-/// Serves requests until the server is unblocked at shutdown.
-pub fn serve(server: Arc<tiny_http::Server>, context: Arc<Context>) {
-    while let Ok(request) = server.recv() {
+/// Serves requests until the listener stops at shutdown.
+pub fn serve(listener: Arc<listener::Listener>, context: Arc<Context>) {
+    while let Some(request) = listener.next_request() {
         let method = request.method().to_string();
         // The path only: a `?token=` must never reach the log.
         let path = request.url().split('?').next().unwrap_or("").to_owned();
@@ -55,6 +56,14 @@ fn dispatch(context: &Arc<Context>, request: Request) {
         Err(err) => return respond_error(request, UNROUTED, &err),
     };
     let label = route.label();
+    let open = warden::open_connections() + context.hub.socket_count();
+    if open > context.max_connections && !matches!(route, Route::Healthz) {
+        let err = Error::Unavailable(format!(
+            "too many open connections ({open}, limit {})",
+            context.max_connections
+        ));
+        return respond_error(request, label, &err);
+    }
     let checked = Query::parse(query).and_then(|query| {
         context
             .access

@@ -16,7 +16,7 @@
 use std::net::{Shutdown, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::fds::{self, Activity};
@@ -29,6 +29,14 @@ const STARVING: Duration = Duration::from_millis(300);
 /// starving one; an answered keep-alive connection after `EVICTABLE_ANSWERED`.
 const EVICTABLE_SILENT: Duration = Duration::from_millis(300);
 const EVICTABLE_ANSWERED: Duration = Duration::from_secs(1);
+
+/// Open HTTP connections (not WebSockets) at the last sweep.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// How many HTTP connections (not WebSockets) were open at the last sweep.
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
 
 /// Starts the warden for connections to `port`.
 pub fn start(port: u16, idle: Duration, stop: Arc<AtomicBool>) -> std::io::Result<()> {
@@ -56,6 +64,7 @@ fn sweep(port: u16, idle: Duration) -> std::io::Result<()> {
         }
         ControlFlow::Continue(())
     })?;
+    OPEN.store(open.len(), Ordering::Relaxed);
     let (expired, mut open): (Vec<_>, Vec<_>) = open
         .into_iter()
         .partition(|(_, a)| a.since_received >= idle || a.since_sent >= idle * 2);
