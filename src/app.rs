@@ -64,6 +64,7 @@ impl App {
         let hub = Arc::new(Hub::default());
         let settings = Settings {
             endpoints: config.etcd_endpoints.clone(),
+            security: config.etcd_security.clone(),
             ttl: config.ttl,
             namespace: config.namespace.clone(),
             event_namespace: config.event_namespace.clone(),

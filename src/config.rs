@@ -21,6 +21,11 @@ Options:
   -p, --port PORT              port to listen on (0 = any free)  [env HOUND_PORT, default 3000]
       --etcd URLS              comma-separated etcd endpoints    [env HOUND_ETCD, default http://127.0.0.1:2379]
       --ttl SECONDS            lease TTL of each registration    [env HOUND_TTL, default 15]
+      --etcd-ca FILE           CA bundle for https:// endpoints  [env HOUND_ETCD_CA]
+      --etcd-cert FILE         client certificate (with --etcd-key) [env HOUND_ETCD_CERT]
+      --etcd-key FILE          client key                        [env HOUND_ETCD_KEY]
+      --etcd-user USER         etcd user; the password comes from env HOUND_ETCD_PASSWORD
+                                                                 [env HOUND_ETCD_USER]
       --namespace NAME         key prefix for registrations      [env HOUND_NAMESPACE, default service]
       --event-namespace NAME   key prefix for custom events      [env HOUND_EVENT_NAMESPACE, default event]
       --ping-interval SECONDS  WebSocket ping interval           [env HOUND_PING_INTERVAL, default 15]
@@ -54,6 +59,7 @@ pub enum Invocation {
 pub struct Config {
     pub listen: SocketAddr,
     pub etcd_endpoints: Vec<String>,
+    pub etcd_security: EtcdSecurity,
     pub ttl: i64,
     pub namespace: String,
     pub event_namespace: String,
@@ -65,12 +71,37 @@ pub struct Config {
     pub log_level: LevelFilter,
 }
 
+/// How hound proves itself to etcd: PEM contents read at start-up, and credentials.
+#[derive(Clone, Default)]
+pub struct EtcdSecurity {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// User and password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdSecurity {
+    // The password and key never appear in logs or debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSecurity")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity_pem.is_some())
+            .field("user", &self.user.as_ref().map(|(user, _)| user))
+            .finish()
+    }
+}
+
 /// Flags as given, before validation.
 #[derive(Debug, Default)]
 struct RawArgs {
     bind: Option<String>,
     port: Option<String>,
     etcd: Option<String>,
+    etcd_ca: Option<String>,
+    etcd_cert: Option<String>,
+    etcd_key: Option<String>,
+    etcd_user: Option<String>,
     ttl: Option<String>,
     namespace: Option<String>,
     event_namespace: Option<String>,
@@ -98,6 +129,10 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         bind: flag(&mut args, ["-b", "--bind"])?,
         port: flag(&mut args, ["-p", "--port"])?,
         etcd: flag(&mut args, "--etcd")?,
+        etcd_ca: flag(&mut args, "--etcd-ca")?,
+        etcd_cert: flag(&mut args, "--etcd-cert")?,
+        etcd_key: flag(&mut args, "--etcd-key")?,
+        etcd_user: flag(&mut args, "--etcd-user")?,
         ttl: flag(&mut args, "--ttl")?,
         namespace: flag(&mut args, "--namespace")?,
         event_namespace: flag(&mut args, "--event-namespace")?,
@@ -148,6 +183,52 @@ impl Config {
         let listen = resolve(&bind, port)?;
         let etcd = pick(raw.etcd, "HOUND_ETCD", "http://127.0.0.1:2379");
         let etcd_endpoints = parse_endpoints(&etcd)?;
+        let read = |flag: &str, path: String| {
+            std::fs::read(&path)
+                .map_err(|err| Error::Config(format!("{flag} {path:?} cannot be read: {err}")))
+        };
+        let ca_pem = match raw.etcd_ca.or_else(|| env("HOUND_ETCD_CA")) {
+            Some(path) => Some(read("--etcd-ca", path)?),
+            None => None,
+        };
+        let cert = raw.etcd_cert.or_else(|| env("HOUND_ETCD_CERT"));
+        let key = raw.etcd_key.or_else(|| env("HOUND_ETCD_KEY"));
+        let identity_pem = match (cert, key) {
+            (Some(cert), Some(key)) => Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "--etcd-cert and --etcd-key go together".into(),
+                ));
+            }
+        };
+        let uses_tls = etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+        if (ca_pem.is_some() || identity_pem.is_some()) && !uses_tls {
+            return Err(Error::Config(
+                "--etcd-ca, --etcd-cert and --etcd-key need https:// endpoints".into(),
+            ));
+        }
+        if uses_tls && etcd_endpoints.iter().any(|e| e.starts_with("http://")) {
+            return Err(Error::Config(
+                "--etcd endpoints must be all http:// or all https://".into(),
+            ));
+        }
+        let user = match raw.etcd_user.or_else(|| env("HOUND_ETCD_USER")) {
+            Some(user) => {
+                let password = env("HOUND_ETCD_PASSWORD").ok_or_else(|| {
+                    Error::Config(format!(
+                        "--etcd-user {user:?} needs its password in HOUND_ETCD_PASSWORD"
+                    ))
+                })?;
+                Some((user, password))
+            }
+            None => None,
+        };
+        let etcd_security = EtcdSecurity {
+            ca_pem,
+            identity_pem,
+            user,
+        };
         let ttl = pick(raw.ttl, "HOUND_TTL", "15");
         let ttl = match ttl.parse::<i64>() {
             Ok(ttl) if (1..=86_400).contains(&ttl) => ttl,
@@ -222,6 +303,7 @@ impl Config {
         Ok(Config {
             listen,
             etcd_endpoints,
+            etcd_security,
             ttl,
             namespace,
             event_namespace,
@@ -350,6 +432,11 @@ mod tests {
             &["--ttl", "x"],
             &["--etcd", "127.0.0.1:2379"],
             &["--etcd", ""],
+            &["--etcd-ca", "/nonexistent/ca.pem", "--etcd", "https://a:1"],
+            &["--etcd-ca", "Cargo.toml"],
+            &["--etcd-cert", "Cargo.toml", "--etcd", "https://a:1"],
+            &["--etcd-user", "root"],
+            &["--etcd", "https://a:1,http://b:2"],
             &["--namespace", "a b"],
             &["--namespace", "same", "--event-namespace", "same"],
             &["--namespace", "a", "--event-namespace", "a/b"],

@@ -26,6 +26,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub endpoints: Vec<String>,
+    pub security: crate::config::EtcdSecurity,
     /// Lease TTL of each registration, in seconds.
     pub ttl: i64,
     /// Key prefix for registrations, without the trailing `/`.

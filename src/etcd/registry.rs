@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, PutOptions, TlsOptions, Txn,
+    TxnOp,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::{AbortHandle, spawn_local};
 
@@ -17,7 +20,7 @@ use super::events::Publisher;
 use super::watch::{self, HealthState};
 use super::{ClusterStatus, Command, REQUEST_TIMEOUT, Settings, unavailable};
 use crate::error::{Error, Result};
-use crate::hub::{Hub, SocketId};
+use crate::hub::{Health, Hub, SocketId};
 use crate::metrics;
 use crate::names::Node;
 use crate::socket::signal::close_code;
@@ -49,23 +52,9 @@ pub(super) async fn serve(
     mut commands: UnboundedReceiver<Command>,
     started: crossbeam_channel::Sender<Result<()>>,
 ) {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(REQUEST_TIMEOUT)
-        // HTTP/2 pings notice a silent etcd (paused, partitioned) within a few seconds.
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
-    let client = match Client::connect(&settings.endpoints, Some(options)).await {
-        Ok(client) => client,
-        Err(err) => {
-            let _ = started.send(Err(Error::Config(format!(
-                "cannot use etcd endpoints {}: {err}",
-                settings.endpoints.join(",")
-            ))));
-            return;
-        }
+    let Some(client) = connect(&settings, &hub, &mut commands, started).await else {
+        return;
     };
-    let _ = started.send(Ok(()));
 
     let settings = Rc::new(settings);
     let health = Rc::new(HealthState::default());
@@ -129,6 +118,110 @@ pub(super) async fn serve(
             }
         }
         metrics::REGISTRATIONS.store(registry.held.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn connect_options(settings: &Settings) -> ConnectOptions {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(REQUEST_TIMEOUT)
+        // HTTP/2 pings notice a silent etcd (paused, partitioned) within a few seconds.
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    let security = &settings.security;
+    if security.ca_pem.is_some() || security.identity_pem.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &security.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &security.identity_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls);
+    }
+    if let Some((user, password)) = &security.user {
+        options = options
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    options
+}
+
+/// Builds the client. Without credentials that needs no round trip; with a user it
+/// authenticates, so an etcd that is down or refuses the password is retried with back-off
+/// (commands meanwhile answer 503) and reported once as an error and as `/healthz`'s reason.
+/// `None` if the settings themselves are unusable (reported to `start`) or hound is stopping.
+async fn connect(
+    settings: &Settings,
+    hub: &Hub,
+    commands: &mut UnboundedReceiver<Command>,
+    started: crossbeam_channel::Sender<Result<()>>,
+) -> Option<Client> {
+    let mut started = Some(started);
+    let mut backoff = Backoff::new();
+    let mut reported = false;
+    loop {
+        let attempt = Client::connect(&settings.endpoints, Some(connect_options(settings))).await;
+        let err = match attempt {
+            Ok(client) => {
+                if let Some(started) = started.take() {
+                    let _ = started.send(Ok(()));
+                }
+                return Some(client);
+            }
+            Err(err) => err,
+        };
+        if matches!(
+            err,
+            etcd_client::Error::InvalidArgs(_)
+                | etcd_client::Error::InvalidUri(_)
+                | etcd_client::Error::EndpointError(_)
+        ) {
+            if let Some(started) = started.take() {
+                let _ = started.send(Err(Error::Config(format!(
+                    "cannot use etcd endpoints {}: {err}",
+                    settings.endpoints.join(",")
+                ))));
+            }
+            return None;
+        }
+        let reason = format!("cannot connect to etcd: {err}");
+        if !reported {
+            log::error!("{reason}");
+            reported = true;
+        }
+        hub.set_health(Health::Unavailable(reason.clone()));
+        if let Some(started) = started.take() {
+            let _ = started.send(Ok(()));
+        }
+        let retry = tokio::time::sleep(backoff.next_delay());
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                _ = &mut retry => break,
+                command = commands.recv() => match command {
+                    Some(command) => refuse(command, &reason),
+                    None => return None,
+                },
+            }
+        }
+    }
+}
+
+/// Answers a command that cannot run because hound has no etcd client yet.
+fn refuse(command: Command, reason: &str) {
+    let err = || Error::Unavailable(reason.to_owned());
+    match command {
+        Command::Register { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Command::DeregisterAll { reply } | Command::Publish { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Command::Status { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Command::Deregister { .. } => {}
     }
 }
 
