@@ -61,10 +61,11 @@ pub fn parse_monitor_list(list: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Parses a port: an integer 1–65535.
+/// Parses a port: an integer 1–65535, written in decimal digits only (no sign).
 pub fn parse_port(text: &str) -> Result<u16> {
+    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     match text.parse::<u16>() {
-        Ok(port) if port != 0 => Ok(port),
+        Ok(port) if port != 0 && digits_only => Ok(port),
         _ => Err(Error::BadRequest(format!(
             "port {text:?} is not an integer from 1 to 65535"
         ))),
@@ -223,7 +224,8 @@ mod tests {
     fn ports() {
         assert_eq!(parse_port("1").unwrap(), 1);
         assert_eq!(parse_port("65535").unwrap(), 65535);
-        for bad in ["0", "65536", "-1", "abc", "", "8080 "] {
+        assert_eq!(parse_port("080").unwrap(), 80);
+        for bad in ["0", "65536", "-1", "+1", "abc", "", "8080 "] {
             assert!(parse_port(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -1,0 +1,142 @@
+//! Property tests for every parser of untrusted input: query strings, routes, names, hosts,
+//! ports, monitor lists, node values and the event body. Each must never panic, and what it
+//! accepts must satisfy the contract's rules. `PROPTEST_CASES` raises the case count for a
+//! longer fuzzing run.
+
+use hound_dog::http::query::{Query, percent_decode};
+use hound_dog::http::rest::parse_event;
+use hound_dog::http::route::{Route, route};
+use hound_dog::http::upgrade::parameters;
+use hound_dog::names::{Host, Node, parse_monitor_list, parse_port, validate_service};
+use proptest::prelude::*;
+
+/// Strings biased towards the characters the parsers care about.
+fn tricky() -> impl Strategy<Value = String> {
+    prop::string::string_regex(r"[a-zA-Z0-9%+&=,:.\[\]/_\- \x00-\x1f\u{80}-\u{10ffff}]{0,80}")
+        .expect("valid regex")
+}
+
+fn is_service_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+proptest! {
+    #[test]
+    fn query_strings_never_panic(text in tricky()) {
+        if let Ok(query) = Query::parse(&text) {
+            // Whatever was accepted can be read back without panicking.
+            let _ = query.get("service");
+        }
+        let _ = percent_decode(&text);
+    }
+
+    #[test]
+    fn percent_encoding_round_trips(name in "[a-z]{1,8}", value in any::<String>()) {
+        let encoded: String = value
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect();
+        let query = Query::parse(&format!("{name}={encoded}")).unwrap();
+        prop_assert_eq!(query.get(&name), Some(value.as_str()));
+    }
+
+    #[test]
+    fn routing_never_panics(method in "[A-Z]{0,8}", path in tricky()) {
+        if let Ok(Route::ServiceNodes(service)) = route(&method, &path) {
+            prop_assert!(!service.contains('/') || path.contains("%2F") || path.contains("%2f"));
+        }
+    }
+
+    #[test]
+    fn accepted_service_names_follow_the_rules(name in tricky()) {
+        if validate_service(&name).is_ok() {
+            prop_assert!((1..=128).contains(&name.len()));
+            prop_assert!(name.chars().all(is_service_char));
+        }
+    }
+
+    #[test]
+    fn valid_service_names_are_accepted(name in "[A-Za-z0-9._-]{1,128}") {
+        prop_assert!(validate_service(&name).is_ok());
+    }
+
+    #[test]
+    fn monitor_lists_are_bounded_and_valid(list in tricky()) {
+        if let Ok(names) = parse_monitor_list(&list) {
+            prop_assert!(names.len() <= 64);
+            for name in &names {
+                prop_assert!(validate_service(name).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn ports_are_1_to_65535(text in "[-+0-9a-z ]{0,7}") {
+        if let Ok(port) = parse_port(&text) {
+            prop_assert!(port >= 1);
+            prop_assert!(text.bytes().all(|b| b.is_ascii_digit()));
+            prop_assert_eq!(port.to_string(), text.trim_start_matches('0'));
+        }
+    }
+
+    #[test]
+    fn hosts_are_canonical(text in tricky()) {
+        if let Ok(host) = Host::parse(&text) {
+            let again = Host::parse(host.as_str()).expect("a canonical host parses");
+            prop_assert_eq!(again.as_str(), host.as_str());
+            prop_assert!(host.as_str().len() <= 253 || host.as_str().contains(':'));
+        }
+    }
+
+    #[test]
+    fn any_ip_address_is_a_host(ip in any::<std::net::IpAddr>(), port in 1u16..) {
+        let host = Host::parse(&ip.to_string()).unwrap();
+        let node = Node { host, port };
+        prop_assert_eq!(Node::parse_value(&node.to_string()), Some(node));
+    }
+
+    #[test]
+    fn node_values_never_panic_and_round_trip(value in tricky()) {
+        if let Some(node) = Node::parse_value(&value) {
+            prop_assert_eq!(Node::parse_value(&node.to_string()), Some(node));
+        }
+    }
+
+    #[test]
+    fn event_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = parse_event(&body);
+    }
+
+    #[test]
+    fn accepted_events_are_well_formed(
+        event_type in ".{0,20}",
+        services in prop::collection::vec(tricky(), 0..4),
+        broadcast in any::<Option<bool>>(),
+    ) {
+        let body = serde_json::json!({
+            "event_type": event_type,
+            "services": services,
+            "broadcast": broadcast,
+        });
+        if let Ok(event) = parse_event(body.to_string().as_bytes()) {
+            prop_assert!(!event.event_type.is_empty());
+            match event.audience {
+                hound_dog::hub::Audience::Everyone => prop_assert_eq!(broadcast, Some(true)),
+                hound_dog::hub::Audience::Services(names) => {
+                    prop_assert!(!names.is_empty());
+                    for name in names {
+                        prop_assert!(validate_service(&name).is_ok());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn socket_parameters_never_panic(query in tricky()) {
+        if let Ok(query) = Query::parse(&query) {
+            let _ = parameters(&Route::Register, &query);
+            let _ = parameters(&Route::Monitor, &query);
+        }
+    }
+}
