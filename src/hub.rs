@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::membership::{Membership, Mirror};
 use crate::message::{self, BROADCAST_NAMESPACE, Frame, KeyEvent};
 use crate::metrics;
-use crate::names::Node;
+use crate::names::{EVERY_SERVICE, Node};
 use crate::socket::signal::{Signal, close_code};
 
 /// Identifies one WebSocket for as long as hound runs.
@@ -223,11 +223,17 @@ impl Hub {
     pub fn resync(&self, fresh: Mirror, revision: i64, everyone: bool) -> usize {
         let mut state = self.lock();
         let changed = state.mirror.replace(fresh);
-        let services: Vec<String> = if everyone {
-            state.subscribers.keys().cloned().collect()
-        } else {
-            changed.iter().map(|(service, _)| service.clone()).collect()
-        };
+        let mut services: Vec<String> =
+            changed.iter().map(|(service, _)| service.clone()).collect();
+        if everyone {
+            services.extend(state.subscribers.keys().cloned());
+            if state.subscribers.contains_key(EVERY_SERVICE) {
+                services.extend(state.mirror.service_names());
+            }
+            services.retain(|service| service != EVERY_SERVICE);
+            services.sort();
+            services.dedup();
+        }
         for service in &services {
             let membership = state.mirror.membership(service);
             let frame = message::service_event(service, KeyEvent::Sync, membership.json());
@@ -272,7 +278,18 @@ impl Hub {
         if state.closing {
             return Err(Error::Unavailable("hound is shutting down".into()));
         }
-        for service in &services {
+        // A socket that watches everything is filed under `*` alone, so it is never reached
+        // twice; its SYNCs cover every known service plus any it named.
+        let (services, syncs) = if services.iter().any(|s| s == EVERY_SERVICE) {
+            let mut syncs: Vec<String> = state.mirror.service_names();
+            syncs.extend(services.into_iter().filter(|s| s != EVERY_SERVICE));
+            syncs.sort();
+            syncs.dedup();
+            (vec![EVERY_SERVICE.to_owned()], syncs)
+        } else {
+            (services.clone(), services)
+        };
+        for service in &syncs {
             let membership = state.mirror.membership(service);
             let frame = message::service_event(service, KeyEvent::Sync, membership.json());
             if mailbox.queue.try_send(frame).is_err() {
@@ -289,7 +306,7 @@ impl Hub {
                 .or_default()
                 .push(id);
         }
-        metrics::MESSAGES_SENT.add(services.len() as u64);
+        metrics::MESSAGES_SENT.add(syncs.len() as u64);
         state.sockets.insert(
             id,
             Subscriber {
@@ -323,6 +340,11 @@ impl Hub {
         for subscriber in state.sockets.values() {
             subscriber.mailbox.signal.request_close(code);
         }
+    }
+
+    /// How many services have at least one node.
+    pub fn service_count(&self) -> usize {
+        self.lock().mirror.service_count()
     }
 
     pub fn socket_count(&self) -> usize {
@@ -367,11 +389,12 @@ impl State {
         self.revision = self.revision.max(revision);
     }
 
+    /// Delivers to the subscribers of `service` and to the sockets that watch everything.
     fn deliver_to_service(&mut self, service: &str, frame: &Frame) {
-        let Some(ids) = self.subscribers.get(service) else {
-            return;
-        };
-        let ids = ids.clone();
+        let mut ids = self.subscribers.get(service).cloned().unwrap_or_default();
+        if let Some(everything) = self.subscribers.get(EVERY_SERVICE) {
+            ids.extend(everything);
+        }
         self.deliver(&ids, frame);
     }
 
@@ -502,6 +525,21 @@ mod tests {
         hub.deliver_custom(&Audience::Everyone, "t", "x");
         assert!(texts(&a)[0].contains("\"namespace\":\"*\""));
         assert_eq!(texts(&b).len(), 1);
+    }
+
+    #[test]
+    fn watching_everything_includes_later_services_once() {
+        let hub = Hub::default();
+        hub.apply("a", "k", Change::Put(node("10.0.0.1:1")), 1);
+        let (_, all, _) = socket(&hub, &["*", "b"], 16);
+        let first = texts(&all);
+        assert_eq!(first.len(), 2, "SYNC for a and b: {first:?}");
+        hub.apply("c", "k", Change::Put(node("10.0.0.3:1")), 2);
+        hub.deliver_custom(&Audience::Services(vec!["c".into()]), "t", "x");
+        let later = texts(&all);
+        assert_eq!(later.len(), 2, "{later:?}");
+        assert!(later[0].contains("\"namespace\":\"c\"") && later[0].contains("PUT"));
+        assert!(later[1].contains("event_type"));
     }
 
     #[test]

@@ -85,6 +85,10 @@ impl Mirror {
             .map_or_else(Membership::empty, |s| s.membership.clone())
     }
 
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
     /// The names of all services with at least one node, sorted.
     pub fn service_names(&self) -> Vec<String> {
         self.services.keys().cloned().collect()

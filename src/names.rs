@@ -39,8 +39,11 @@ fn is_service_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-')
 }
 
-/// Parses the `monitor` list: comma-separated names, empty items ignored, duplicates dropped,
-/// at most [`MAX_MONITORED`] names.
+/// The `monitor` item that subscribes a socket to every service, present and future.
+pub const EVERY_SERVICE: &str = "*";
+
+/// Parses the `monitor` list: comma-separated names (or `*` for every service), empty items
+/// ignored, duplicates dropped, at most [`MAX_MONITORED`] names.
 pub fn parse_monitor_list(list: &str) -> Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
     for item in list
@@ -48,7 +51,9 @@ pub fn parse_monitor_list(list: &str) -> Result<Vec<String>> {
         .map(str::trim)
         .filter(|item| !item.is_empty())
     {
-        validate_service(item)?;
+        if item != EVERY_SERVICE {
+            validate_service(item)?;
+        }
         if !names.iter().any(|known| known == item) {
             names.push(item.to_owned());
         }
@@ -213,6 +218,8 @@ mod tests {
     #[test]
     fn monitor_lists() {
         assert_eq!(parse_monitor_list("a,,b,a").unwrap(), vec!["a", "b"]);
+        assert_eq!(parse_monitor_list("*,a").unwrap(), vec!["*", "a"]);
+        assert!(parse_monitor_list("a*").is_err());
         assert!(parse_monitor_list("").unwrap().is_empty());
         assert!(parse_monitor_list("a,b/c").is_err());
         let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();

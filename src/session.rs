@@ -112,7 +112,9 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
             return;
         }
     };
-    let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY, signal.clone());
+    // Room for the SYNCs on top of the usual queue (a `*` socket gets one per service).
+    let syncs = plan.services.len() + context.hub.service_count();
+    let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY + syncs, signal.clone());
     let kind = if plan.registration.is_some() {
         SocketKind::Register
     } else {
