@@ -6,11 +6,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::embedded::Embedded;
 use crate::error::{Error, Result};
 use crate::etcd::{Etcd, Settings};
 use crate::http::listener::Listener;
 use crate::hub::Hub;
 use crate::socket::signal::close_code;
+use crate::store::Store;
 
 /// HTTP worker threads. REST answers are quick (memory reads); etcd round trips are bounded.
 const HTTP_WORKERS: usize = 4;
@@ -24,7 +26,7 @@ const FD_RESERVE: u64 = 64;
 #[derive(Debug)]
 pub struct Context {
     pub hub: Arc<Hub>,
-    pub etcd: Etcd,
+    pub store: Store,
     pub ping_interval: Duration,
     pub access: crate::http::access::Access,
     /// The port hound listens on (the one chosen, if 0 was asked for).
@@ -69,10 +71,21 @@ impl App {
             namespace: config.namespace.clone(),
             event_namespace: config.event_namespace.clone(),
         };
-        let etcd = Etcd::start(settings, hub.clone())?;
+        let store = if config.embedded {
+            log::warn!(
+                "embedded mode: registrations live in this process only (single host, for \
+                 development); use --etcd for a cluster"
+            );
+            let embedded = Embedded::start(hub.clone(), config.ttl).map_err(|err| {
+                Error::Internal(format!("cannot start the embedded store: {err}"))
+            })?;
+            Store::Embedded(embedded)
+        } else {
+            Store::Etcd(Etcd::start(settings, hub.clone())?)
+        };
         let context = Arc::new(Context {
             hub,
-            etcd,
+            store,
             ping_interval: config.ping_interval,
             access: config.access.clone(),
             port: local_addr.port(),
@@ -91,9 +104,13 @@ impl App {
         let stop_warden = Arc::new(AtomicBool::new(false));
         crate::http::warden::start(local_addr.port(), config.idle_timeout, stop_warden.clone())
             .map_err(|err| Error::Internal(format!("cannot start the connection warden: {err}")))?;
+        let backend = if config.embedded {
+            "embedded store".to_owned()
+        } else {
+            format!("etcd {}", config.etcd_endpoints.join(","))
+        };
         log::info!(
-            "listening on http://{local_addr} (etcd {}, namespace {:?}, ttl {} s)",
-            config.etcd_endpoints.join(","),
+            "listening on http://{local_addr} ({backend}, namespace {:?}, ttl {} s)",
             config.namespace,
             config.ttl
         );
@@ -118,7 +135,7 @@ impl App {
         self.stop_warden.store(true, Ordering::Relaxed);
         self.listener.stop();
         self.context.hub.close_all(close_code::GOING_AWAY);
-        if let Err(err) = self.context.etcd.deregister_all(DEREGISTER_BUDGET) {
+        if let Err(err) = self.context.store.deregister_all(DEREGISTER_BUDGET) {
             log::warn!("could not deregister everything: {err}; leases will expire");
         }
         if !self.context.hub.wait_for_no_sockets(SOCKET_CLOSE_BUDGET) {

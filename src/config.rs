@@ -19,6 +19,8 @@ Usage: hound [OPTIONS]
 Options:
   -b, --bind HOST              address to listen on              [env HOUND_BIND, default 127.0.0.1]
   -p, --port PORT              port to listen on (0 = any free)  [env HOUND_PORT, default 3000]
+      --embedded               no etcd: keep registrations in this process (one host,
+                               for trying hound and development) [env HOUND_EMBEDDED=1]
       --etcd URLS              comma-separated etcd endpoints    [env HOUND_ETCD, default http://127.0.0.1:2379]
       --ttl SECONDS            lease TTL of each registration    [env HOUND_TTL, default 15]
       --etcd-ca FILE           CA bundle for https:// endpoints  [env HOUND_ETCD_CA]
@@ -58,6 +60,8 @@ pub enum Invocation {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Use the in-process store instead of etcd.
+    pub embedded: bool,
     pub etcd_endpoints: Vec<String>,
     pub etcd_security: EtcdSecurity,
     pub ttl: i64,
@@ -95,6 +99,7 @@ impl std::fmt::Debug for EtcdSecurity {
 /// Flags as given, before validation.
 #[derive(Debug, Default)]
 struct RawArgs {
+    embedded: bool,
     bind: Option<String>,
     port: Option<String>,
     etcd: Option<String>,
@@ -126,6 +131,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         return Ok(Invocation::Routes);
     }
     let raw = RawArgs {
+        embedded: args.contains("--embedded"),
         bind: flag(&mut args, ["-b", "--bind"])?,
         port: flag(&mut args, ["-p", "--port"])?,
         etcd: flag(&mut args, "--etcd")?,
@@ -181,6 +187,21 @@ impl Config {
             Error::Config(format!("--port {port:?} is not a port number (0-65535)"))
         })?;
         let listen = resolve(&bind, port)?;
+        let embedded = raw.embedded
+            || match env("HOUND_EMBEDDED").as_deref() {
+                None | Some("" | "0" | "false") => false,
+                Some("1" | "true") => true,
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "HOUND_EMBEDDED={other:?} is not 1, true, 0 or false"
+                    )));
+                }
+            };
+        if embedded && (raw.etcd.is_some() || raw.etcd_user.is_some() || raw.etcd_ca.is_some()) {
+            return Err(Error::Config(
+                "--embedded runs without etcd; drop the --etcd flags".into(),
+            ));
+        }
         let etcd = pick(raw.etcd, "HOUND_ETCD", "http://127.0.0.1:2379");
         let etcd_endpoints = parse_endpoints(&etcd)?;
         let read = |flag: &str, path: String| {
@@ -302,6 +323,7 @@ impl Config {
         };
         Ok(Config {
             listen,
+            embedded,
             etcd_endpoints,
             etcd_security,
             ttl,
@@ -446,6 +468,7 @@ mod tests {
             &["--max-connections", "0"],
             &["--bogus"],
             &["stray"],
+            &["--embedded", "--etcd", "http://a:1"],
             &["--port"],
         ] {
             let err = run(args, &[]).unwrap_err();

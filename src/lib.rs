@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod config;
+pub mod embedded;
 pub mod error;
 pub mod etcd;
 pub mod fds;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod names;
 pub mod session;
 pub mod socket;
+pub mod store;
 
 pub use app::App;
 pub use config::{Config, Invocation};

@@ -62,7 +62,7 @@ impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         self.context.hub.unsubscribe(self.id);
         if let Some((service, node)) = &self.registration {
-            self.context.etcd.deregister(service, node, self.id);
+            self.context.store.deregister(service, node, self.id);
         }
     }
 }
@@ -82,7 +82,7 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
         // Armed before the attempt: if etcd answers after we gave up, the deregistration the
         // guard queues behind the registration undoes it, so a 503 never leaves a node behind.
         cleanup.registration = Some((service.clone(), node.clone()));
-        let revision = match context.etcd.register(service, node, id) {
+        let revision = match context.store.register(service, node, id) {
             Ok(revision) => revision,
             Err(err) => {
                 log::warn!("could not register {service}/{node} for {peer}: {err}");

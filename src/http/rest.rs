@@ -90,7 +90,7 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
         }
         Route::Event => {
             let event = read_event(request)?;
-            context.etcd.publish(event)?;
+            context.store.publish(event)?;
             ok("{}".into())
         }
         Route::Metrics => Ok(Reply {
@@ -108,7 +108,7 @@ fn etcd_status(context: &Context) -> Result<crate::etcd::ClusterStatus> {
     if let Health::Unavailable(reason) = context.hub.health_after_start(STARTUP_GRACE) {
         return Err(Error::Unavailable(reason));
     }
-    context.etcd.status()
+    context.store.status()
 }
 
 /// Reads of the mirror answer from memory, but only once it has been filled from etcd (waiting

@@ -1,0 +1,243 @@
+//! The embedded store: registrations, leases and events in memory, for trying hound without etcd
+//! and for single-host development. Same semantics as the etcd backend, on one host:
+//! revisions increase with every write, every registration has a lease of `--ttl` seconds that
+//! a keeper thread refreshes every TTL/3, and a lease that was not refreshed in time (the
+//! process was paused, say) expires — its node is reported as EXPIRE — and is then registered
+//! again, as the etcd backend does when etcd loses a lease.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::etcd::{ClusterStatus, CustomEvent};
+use crate::hub::{Change, Health, Hub, SocketId};
+use crate::membership::Mirror;
+use crate::message::KeyEvent;
+use crate::metrics;
+use crate::names::Node;
+use crate::socket::signal::close_code;
+
+/// The member id `/etcd/leader` reports for both fields.
+pub const MEMBER_ID: u64 = 1;
+/// How often the keeper looks at the leases.
+const KEEPER_TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+struct Registration {
+    service: String,
+    node: Node,
+    owner: SocketId,
+    /// When the lease was last refreshed.
+    refreshed: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    revision: i64,
+    /// By key `<service>/<node>`.
+    registrations: HashMap<String, Registration>,
+}
+
+/// The in-memory store. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    state: Arc<Mutex<State>>,
+    hub: Arc<Hub>,
+    ttl: Duration,
+}
+
+impl Embedded {
+    /// Starts the store and its lease keeper, and tells the hub it is ready.
+    pub fn start(hub: Arc<Hub>, ttl_seconds: i64) -> std::io::Result<Embedded> {
+        let store = Embedded {
+            state: Arc::new(Mutex::new(State {
+                revision: 1,
+                registrations: HashMap::new(),
+            })),
+            hub: hub.clone(),
+            ttl: Duration::from_secs(ttl_seconds.max(1) as u64),
+        };
+        hub.resync(Mirror::default(), 1, false);
+        hub.set_health(Health::Ok);
+        let keeper = store.clone();
+        std::thread::Builder::new()
+            .name("lease-keeper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || keeper.keep_leases())?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> crate::Result<i64> {
+        let key = format!("{service}/{node}");
+        let mut state = self.lock();
+        state.revision += 1;
+        let revision = state.revision;
+        let previous = state.registrations.insert(
+            key.clone(),
+            Registration {
+                service: service.to_owned(),
+                node: node.clone(),
+                owner,
+                refreshed: Instant::now(),
+            },
+        );
+        // Applied under the store lock so the hub sees writes in revision order.
+        self.hub.apply(
+            service,
+            &node.to_string(),
+            Change::Put(node.clone()),
+            revision,
+        );
+        drop(state);
+        match previous {
+            Some(previous) if previous.owner != owner => {
+                self.hub
+                    .close_socket(previous.owner, close_code::SUPERSEDED);
+                log::info!(
+                    "registered {key} (socket {owner}, took over from socket {})",
+                    previous.owner
+                );
+            }
+            _ => log::info!("registered {key} (socket {owner})"),
+        }
+        Ok(revision)
+    }
+
+    pub fn deregister(&self, service: &str, node: &Node, owner: SocketId) {
+        let key = format!("{service}/{node}");
+        let mut state = self.lock();
+        if state
+            .registrations
+            .get(&key)
+            .is_none_or(|held| held.owner != owner)
+        {
+            return;
+        }
+        state.registrations.remove(&key);
+        state.revision += 1;
+        let revision = state.revision;
+        log::info!("deregistering {key} (socket {owner})");
+        self.hub.apply(
+            service,
+            &node.to_string(),
+            Change::Removed(KeyEvent::Delete),
+            revision,
+        );
+    }
+
+    pub fn deregister_all(&self) {
+        let mut state = self.lock();
+        let held: Vec<Registration> = state.registrations.drain().map(|(_, r)| r).collect();
+        for registration in held {
+            state.revision += 1;
+            self.hub.apply(
+                &registration.service,
+                &registration.node.to_string(),
+                Change::Removed(KeyEvent::Delete),
+                state.revision,
+            );
+        }
+    }
+
+    pub fn status() -> ClusterStatus {
+        ClusterStatus {
+            version: "embedded".into(),
+            leader: MEMBER_ID,
+            member_id: MEMBER_ID,
+        }
+    }
+
+    pub fn publish(&self, event: &CustomEvent) {
+        self.hub
+            .deliver_custom(&event.audience, &event.event_type, &event.event_body);
+    }
+
+    /// Refreshes every lease each TTL/3. A lease found older than its TTL expired while this
+    /// thread could not run: its node is reported as EXPIRE, then registered again.
+    fn keep_leases(self) {
+        loop {
+            std::thread::sleep(KEEPER_TICK);
+            let now = Instant::now();
+            let mut state = self.lock();
+            let mut expired = Vec::new();
+            for registration in state.registrations.values_mut() {
+                let age = now.duration_since(registration.refreshed);
+                if age > self.ttl {
+                    expired.push((registration.service.clone(), registration.node.clone()));
+                }
+                if age >= self.ttl / 3 {
+                    registration.refreshed = now;
+                }
+            }
+            for (service, node) in expired {
+                log::warn!("lease of {service}/{node} expired; registering it again");
+                metrics::LEASE_REGRANTS.add(1);
+                let key = node.to_string();
+                state.revision += 1;
+                let revision = state.revision;
+                self.hub
+                    .apply(&service, &key, Change::Removed(KeyEvent::Expire), revision);
+                state.revision += 1;
+                let revision = state.revision;
+                self.hub.apply(&service, &key, Change::Put(node), revision);
+            }
+            metrics::REGISTRATIONS.store(
+                state.registrations.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Mailbox, SocketKind};
+    use crate::socket::signal::Signal;
+
+    fn node(value: &str) -> Node {
+        Node::parse_value(value).unwrap()
+    }
+
+    #[test]
+    fn register_takeover_and_deregister() {
+        let hub = Arc::new(Hub::default());
+        let store = Embedded::start(hub.clone(), 15).unwrap();
+        let signal = Arc::new(Signal::new().unwrap());
+        let (mailbox, inbox) = Mailbox::new(16, signal.clone());
+        hub.subscribe(1, SocketKind::Register, vec!["api".into()], mailbox)
+            .unwrap();
+        let first = store.register("api", &node("10.0.0.1:80"), 1).unwrap();
+        let second = store.register("api", &node("10.0.0.1:80"), 2).unwrap();
+        assert!(second > first);
+        assert_eq!(signal.close_requested(), Some(close_code::SUPERSEDED));
+        assert_eq!(
+            hub.membership("api").json(),
+            r#"[{"ip":"10.0.0.1","port":80}]"#
+        );
+        store.deregister("api", &node("10.0.0.1:80"), 1);
+        assert_eq!(
+            hub.service_names(),
+            ["api"],
+            "the old owner cannot delete it"
+        );
+        store.deregister("api", &node("10.0.0.1:80"), 2);
+        assert!(hub.service_names().is_empty());
+        let messages: Vec<String> = inbox.try_iter().map(|f| f.as_str().to_owned()).collect();
+        assert!(messages[0].contains("SYNC"));
+        assert!(messages[1].contains("PUT"));
+    }
+
+    #[test]
+    fn status_names_one_member() {
+        let status = Embedded::status();
+        assert_eq!(
+            (status.version.as_str(), status.leader, status.member_id),
+            ("embedded", 1, 1)
+        );
+    }
+}

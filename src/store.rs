@@ -1,0 +1,69 @@
+//! The narrow interface the rest of hound uses to register nodes, publish events and ask about
+//! the cluster, with its two backends: etcd, and the embedded single-host store.
+//!
+//! Both feed the same [`Hub`](crate::hub::Hub), so the fan-out, the mirror and the socket code
+//! do not know which one runs.
+
+use std::time::Duration;
+
+use crate::embedded::Embedded;
+use crate::error::Result;
+use crate::etcd::{ClusterStatus, CustomEvent, Etcd};
+use crate::hub::SocketId;
+use crate::names::Node;
+
+/// Where registrations live.
+#[derive(Debug)]
+pub enum Store {
+    Etcd(Etcd),
+    Embedded(Embedded),
+}
+
+impl Store {
+    /// Writes the registration and keeps it alive until [`Store::deregister`]; returns the
+    /// revision of the write. A registration of the same key by another socket is taken over
+    /// and that socket closed with 4000.
+    pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> Result<i64> {
+        match self {
+            Store::Etcd(etcd) => etcd.register(service, node, owner),
+            Store::Embedded(store) => store.register(service, node, owner),
+        }
+    }
+
+    /// Deletes the registration `owner` holds, if it still holds it. Never blocks.
+    pub fn deregister(&self, service: &str, node: &Node, owner: SocketId) {
+        match self {
+            Store::Etcd(etcd) => etcd.deregister(service, node, owner),
+            Store::Embedded(store) => store.deregister(service, node, owner),
+        }
+    }
+
+    /// Deletes every registration, waiting at most `timeout`.
+    pub fn deregister_all(&self, timeout: Duration) -> Result<()> {
+        match self {
+            Store::Etcd(etcd) => etcd.deregister_all(timeout),
+            Store::Embedded(store) => {
+                store.deregister_all();
+                Ok(())
+            }
+        }
+    }
+
+    pub fn status(&self) -> Result<ClusterStatus> {
+        match self {
+            Store::Etcd(etcd) => etcd.status(),
+            Store::Embedded(_) => Ok(Embedded::status()),
+        }
+    }
+
+    /// Delivers a custom event to every subscriber it targets, on every hound of the cluster.
+    pub fn publish(&self, event: CustomEvent) -> Result<()> {
+        match self {
+            Store::Etcd(etcd) => etcd.publish(event),
+            Store::Embedded(store) => {
+                store.publish(&event);
+                Ok(())
+            }
+        }
+    }
+}
