@@ -29,7 +29,10 @@ impl Access {
                     .then(|| credentials.trim().to_owned())
             });
             let from_query = match route {
-                Route::Register | Route::Monitor => query.get("token").map(str::to_owned),
+                // Browsers cannot set headers on WebSockets or page loads.
+                Route::Register | Route::Monitor | Route::Dashboard => {
+                    query.get("token").map(str::to_owned)
+                }
                 _ => None,
             };
             let presented = [bearer, from_query];

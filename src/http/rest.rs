@@ -18,6 +18,9 @@ use crate::names::validate_service;
 /// How long reads made while hound is still starting wait for its first view of etcd.
 const STARTUP_GRACE: Duration = Duration::from_secs(2);
 
+/// The dashboard: one self-contained page, no external assets.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// Largest body `POST /etcd/event` accepts.
 pub const MAX_EVENT_BODY: usize = 64 * 1024;
 
@@ -97,6 +100,11 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
             status: 200,
             body: metrics::render(context.hub.socket_gauges()),
             content_type: "text/plain; version=0.0.4; charset=utf-8",
+        }),
+        Route::Dashboard => Ok(Reply {
+            status: 200,
+            body: DASHBOARD.to_owned(),
+            content_type: "text/html; charset=utf-8",
         }),
         Route::Register | Route::Monitor => Err(Error::UpgradeRequired),
     }

@@ -17,6 +17,7 @@ pub enum Route {
     Register,
     Monitor,
     Metrics,
+    Dashboard,
 }
 
 impl Route {
@@ -33,6 +34,7 @@ impl Route {
             Route::Register => "/etcd/register",
             Route::Monitor => "/etcd/monitor",
             Route::Metrics => "/metrics",
+            Route::Dashboard => "/",
         }
     }
 }
@@ -84,6 +86,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/metrics",
         "counters and gauges in the Prometheus text format",
     ),
+    (
+        "GET",
+        "/",
+        "a live dashboard of services, nodes and events (HTML)",
+    ),
 ];
 
 /// The route table as `hound --routes` prints it.
@@ -107,6 +114,7 @@ pub fn route(method: &str, path: &str) -> Result<Route> {
         "/etcd/register" => (Route::Register, "GET"),
         "/etcd/monitor" => (Route::Monitor, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
+        "/" => (Route::Dashboard, "GET"),
         _ => match path.strip_prefix("/etcd/services/") {
             Some(service) if !service.contains('/') => {
                 let service = percent_decode(service)
@@ -174,6 +182,6 @@ mod tests {
         for (_, path, _) in ROUTES {
             assert!(listing.contains(path));
         }
-        assert_eq!(listing.lines().count(), 10);
+        assert_eq!(listing.lines().count(), 11);
     }
 }
