@@ -208,7 +208,6 @@ fn unknown_path_is_a_json_404() {
     let etcd = Etcd::start();
     let hound = Hound::start(&etcd, &[]);
     for path in [
-        "/",
         "/nope",
         "/etcd",
         "/etcd/services/api/extra",
