@@ -154,19 +154,7 @@ impl Hub {
     /// to `timeout` for that to change, so a probe right after start-up is not failed for
     /// nothing.
     pub fn health_after_start(&self, timeout: Duration) -> Health {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
-        while !state.ever_healthy {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            state = self
-                .progress
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let (_, state) = self.wait_until(timeout, |state| state.ever_healthy);
         state.health.clone()
     }
 
@@ -176,12 +164,23 @@ impl Hub {
 
     /// Waits until the mirror has applied etcd revision `revision`; false on timeout.
     pub fn wait_for_revision(&self, revision: i64, timeout: Duration) -> bool {
+        self.wait_until(timeout, |state| state.revision >= revision)
+            .0
+    }
+
+    /// Waits until `done` holds for the state (re-checked whenever `progress` is notified);
+    /// returns whether it did, and the state as last seen.
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&State) -> bool,
+    ) -> (bool, MutexGuard<'_, State>) {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
-        while state.revision < revision {
+        while !done(&state) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return (false, state);
             }
             state = self
                 .progress
@@ -189,7 +188,7 @@ impl Hub {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        true
+        (true, state)
     }
 
     // ---- changes from etcd -------------------------------------------------------------
@@ -367,20 +366,7 @@ impl Hub {
 
     /// Waits until every socket has left; false on timeout.
     pub fn wait_for_no_sockets(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
-        while !state.sockets.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = self
-                .progress
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        self.wait_until(timeout, |state| state.sockets.is_empty()).0
     }
 }
 

@@ -171,6 +171,30 @@ impl Position {
     }
 }
 
+/// The next response of a watch, or why the watch ended: the stream broke or ended, etcd
+/// canceled the watch (compaction or otherwise), or etcd is not the cluster we were watching.
+async fn next_response(
+    stream: &mut etcd_client::WatchStream,
+    position: &mut Position,
+) -> Result<WatchResponse, Break> {
+    let response = match stream.message().await {
+        Ok(Some(response)) => response,
+        Ok(None) => return Err(Break::Failed("the watch stream ended".into())),
+        Err(err) => return Err(err.into()),
+    };
+    if response.canceled() {
+        if response.compact_revision() > 0 {
+            return Err(Break::Compacted);
+        }
+        return Err(Break::Failed(format!(
+            "watch canceled: {}",
+            response.cancel_reason()
+        )));
+    }
+    position.check(response.header())?;
+    Ok(response)
+}
+
 async fn services_session(
     client: &mut Client,
     prefix: &str,
@@ -202,20 +226,10 @@ async fn services_session(
         Err(err) => return err.into(),
     };
     loop {
-        let response = match stream.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => return Break::Failed("the watch stream ended".into()),
-            Err(err) => return err.into(),
+        let response = match next_response(&mut stream, position).await {
+            Ok(response) => response,
+            Err(end) => return end,
         };
-        if response.canceled() {
-            if response.compact_revision() > 0 {
-                return Break::Compacted;
-            }
-            return Break::Failed(format!("watch canceled: {}", response.cancel_reason()));
-        }
-        if let Err(replaced) = position.check(response.header()) {
-            return replaced;
-        }
         if response.created() {
             health.set(hub, &health.services_watched, true, None);
         }
@@ -398,20 +412,10 @@ async fn events_session(
         Err(err) => return err.into(),
     };
     loop {
-        let response = match stream.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => return Break::Failed("the watch stream ended".into()),
-            Err(err) => return err.into(),
+        let response = match next_response(&mut stream, position).await {
+            Ok(response) => response,
+            Err(end) => return end,
         };
-        if response.canceled() {
-            if response.compact_revision() > 0 {
-                return Break::Compacted;
-            }
-            return Break::Failed(format!("watch canceled: {}", response.cancel_reason()));
-        }
-        if let Err(replaced) = position.check(response.header()) {
-            return replaced;
-        }
         if response.created() {
             health.set(hub, &health.events_watched, true, None);
         }
