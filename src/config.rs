@@ -50,7 +50,7 @@ A flag wins over its environment variable. SIGTERM or SIGINT deregisters every n
 /// What the invocation asks for.
 #[derive(Debug)]
 pub enum Invocation {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
     Routes,
@@ -152,13 +152,16 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
     let rest = args.finish();
     if let Some(first) = rest.first() {
         let shown = first.to_string_lossy();
-        return Err(Error::Config(if shown.starts_with('-') {
+        let name = shown.split('=').next().unwrap_or_default();
+        return Err(Error::Config(if USAGE.contains(&format!(" {name} ")) {
+            format!("{name} is given more than once")
+        } else if shown.starts_with('-') {
             format!("unknown flag {shown} (see hound --help)")
         } else {
             format!("unexpected argument {shown:?} (see hound --help)")
         }));
     }
-    Config::from_raw(raw, env).map(Invocation::Run)
+    Config::from_raw(raw, env).map(|config| Invocation::Run(Box::new(config)))
 }
 
 fn flag<K: Into<pico_args::Keys>>(
@@ -197,25 +200,48 @@ impl Config {
                     )));
                 }
             };
-        if embedded && (raw.etcd.is_some() || raw.etcd_user.is_some() || raw.etcd_ca.is_some()) {
+        let etcd_flags = [
+            &raw.etcd,
+            &raw.etcd_user,
+            &raw.etcd_ca,
+            &raw.etcd_cert,
+            &raw.etcd_key,
+        ];
+        if embedded && etcd_flags.iter().any(|flag| flag.is_some()) {
             return Err(Error::Config(
                 "--embedded runs without etcd; drop the --etcd flags".into(),
             ));
         }
         let etcd = pick(raw.etcd, "HOUND_ETCD", "http://127.0.0.1:2379");
         let etcd_endpoints = parse_endpoints(&etcd)?;
-        let read = |flag: &str, path: String| {
-            std::fs::read(&path)
-                .map_err(|err| Error::Config(format!("{flag} {path:?} cannot be read: {err}")))
+        // Read and sanity-check PEM files now, so a wrong path or file is one clear error at
+        // start-up rather than an endless 503 with a transport error.
+        let read = |flag: &str, path: String, marker: &str| {
+            let pem = std::fs::read(&path)
+                .map_err(|err| Error::Config(format!("{flag} {path:?} cannot be read: {err}")))?;
+            if !String::from_utf8_lossy(&pem).contains(marker) {
+                return Err(Error::Config(format!(
+                    "{flag} {path:?} holds no PEM {}",
+                    marker
+                        .trim_start_matches("-----BEGIN ")
+                        .to_ascii_lowercase()
+                )));
+            }
+            Ok(pem)
         };
+        const CERTIFICATE: &str = "-----BEGIN CERTIFICATE";
+        const KEY: &str = "PRIVATE KEY-----";
         let ca_pem = match raw.etcd_ca.or_else(|| env("HOUND_ETCD_CA")) {
-            Some(path) => Some(read("--etcd-ca", path)?),
+            Some(path) => Some(read("--etcd-ca", path, CERTIFICATE)?),
             None => None,
         };
         let cert = raw.etcd_cert.or_else(|| env("HOUND_ETCD_CERT"));
         let key = raw.etcd_key.or_else(|| env("HOUND_ETCD_KEY"));
         let identity_pem = match (cert, key) {
-            (Some(cert), Some(key)) => Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?)),
+            (Some(cert), Some(key)) => Some((
+                read("--etcd-cert", cert, CERTIFICATE)?,
+                read("--etcd-key", key, KEY)?,
+            )),
             (None, None) => None,
             _ => {
                 return Err(Error::Config(
@@ -227,6 +253,11 @@ impl Config {
         if (ca_pem.is_some() || identity_pem.is_some()) && !uses_tls {
             return Err(Error::Config(
                 "--etcd-ca, --etcd-cert and --etcd-key need https:// endpoints".into(),
+            ));
+        }
+        if uses_tls && ca_pem.is_none() {
+            return Err(Error::Config(
+                "https:// endpoints need --etcd-ca (hound trusts no CA by default)".into(),
             ));
         }
         if uses_tls && etcd_endpoints.iter().any(|e| e.starts_with("http://")) {
@@ -408,7 +439,7 @@ mod tests {
             .collect();
         let lookup = move |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         match parse(args.iter().map(OsString::from).collect(), lookup)? {
-            Invocation::Run(config) => Ok(config),
+            Invocation::Run(config) => Ok(*config),
             other => panic!("expected a run, got {other:?}"),
         }
     }
@@ -458,7 +489,13 @@ mod tests {
             &["--etcd-ca", "Cargo.toml"],
             &["--etcd-cert", "Cargo.toml", "--etcd", "https://a:1"],
             &["--etcd-user", "root"],
-            &["--etcd", "https://a:1,http://b:2"],
+            &[
+                "--etcd",
+                "https://a:1,http://b:2",
+                "--etcd-ca",
+                "src/config.rs",
+            ],
+            &["--etcd", "https://a:1"],
             &["--namespace", "a b"],
             &["--namespace", "same", "--event-namespace", "same"],
             &["--namespace", "a", "--event-namespace", "a/b"],
@@ -467,6 +504,7 @@ mod tests {
             &["--idle-timeout", "x"],
             &["--max-connections", "0"],
             &["--bogus"],
+            &["--ttl", "5", "--ttl", "6"],
             &["stray"],
             &["--embedded", "--etcd", "http://a:1"],
             &["--port"],

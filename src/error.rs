@@ -29,6 +29,8 @@ pub enum Error {
     UnsupportedMediaType,
     /// etcd cannot be reached or did not answer in time: retry later. HTTP 503.
     Unavailable(String),
+    /// hound holds as many connections as it allows: retry later. HTTP 503.
+    Overloaded(String),
     /// hound failed in a way the client cannot fix; the log says more. HTTP 500.
     Internal(String),
     /// A bad command-line flag or environment value: fix the invocation. Exit code 2.
@@ -48,7 +50,7 @@ impl Error {
             Error::UnsupportedMediaType => 415,
             Error::HeadTooLarge(_) => 431,
             Error::UpgradeRequired => 426,
-            Error::Unavailable(_) => 503,
+            Error::Unavailable(_) | Error::Overloaded(_) => 503,
             Error::Internal(_) => 500,
         }
     }
@@ -57,7 +59,10 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::BadRequest(why) | Error::Config(why) | Error::Forbidden(why) => f.write_str(why),
+            Error::BadRequest(why)
+            | Error::Config(why)
+            | Error::Forbidden(why)
+            | Error::Overloaded(why) => f.write_str(why),
             Error::Unauthorized => {
                 f.write_str("a valid token is required (Authorization: Bearer TOKEN)")
             }

@@ -11,7 +11,7 @@ use signal_hook::iterator::Signals;
 fn main() -> ExitCode {
     let args = std::env::args_os().skip(1).collect();
     let config = match config::parse(args, |name| std::env::var(name).ok()) {
-        Ok(Invocation::Run(config)) => config,
+        Ok(Invocation::Run(config)) => *config,
         Ok(Invocation::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -39,6 +39,30 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(fraction)
 }
 
+/// Lets a repeated warning through once a minute, so an outage is logged, not flooded.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<std::time::Instant>,
+}
+
+impl Throttle {
+    const QUIET: Duration = Duration::from_secs(60);
+
+    /// Whether to log at warning level now; otherwise log at debug level.
+    pub fn level(&mut self) -> log::Level {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Self::QUIET)
+        {
+            log::Level::Debug
+        } else {
+            self.last = Some(now);
+            log::Level::Warn
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +81,13 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() <= FIRST);
+    }
+
+    #[test]
+    fn throttle_warns_once_a_minute() {
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.level(), log::Level::Warn);
+        assert_eq!(throttle.level(), log::Level::Debug);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use etcd_client::{
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::{AbortHandle, spawn_local};
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Throttle};
 use super::events::Publisher;
 use super::watch::{self, HealthState};
 use super::{ClusterStatus, Command, REQUEST_TIMEOUT, Settings, unavailable};
@@ -370,6 +370,7 @@ async fn delete_registration(mut client: Client, key: String, tombstone: String,
 async fn keep_alive(mut client: Client, key: String, node: Node, lease: Rc<Cell<i64>>, ttl: i64) {
     let period = Duration::from_millis((ttl.max(1) as u64) * 1000 / 3);
     let mut backoff = Backoff::new();
+    let mut throttle = Throttle::default();
     loop {
         match keep_lease_alive(&mut client, lease.get(), period, &mut backoff).await {
             Ok(()) => {
@@ -382,13 +383,16 @@ async fn keep_alive(mut client: Client, key: String, node: Node, lease: Rc<Cell<
                         backoff.reset();
                     }
                     Err(err) => {
-                        log::warn!("could not register {key} again: {err}");
+                        log::log!(throttle.level(), "could not register {key} again: {err}");
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
             }
             Err(err) => {
-                log::warn!("keep-alive of {key} failed: {err}; retrying");
+                log::log!(
+                    throttle.level(),
+                    "keep-alive of {key} failed: {err}; retrying"
+                );
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
 
 use super::Settings;
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Throttle};
 use super::events;
 use super::registry::TOMBSTONE_SEGMENT;
 use crate::hub::{Change, Health, Hub};
@@ -109,6 +109,7 @@ pub(super) async fn watch_services(
 ) {
     let prefix = settings.service_prefix();
     let mut backoff = Backoff::new();
+    let mut throttle = Throttle::default();
     let mut position = Position::default();
     loop {
         let outcome = services_session(&mut client, &prefix, &hub, &health, &mut position).await;
@@ -128,7 +129,7 @@ pub(super) async fn watch_services(
                 };
             }
             Break::Failed(why) => {
-                log::warn!("service watch broke: {why}");
+                log::log!(throttle.level(), "service watch broke: {why}");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
@@ -365,6 +366,7 @@ pub(super) async fn watch_events(
 ) {
     let prefix = settings.event_prefix();
     let mut backoff = Backoff::new();
+    let mut throttle = Throttle::default();
     let mut position = Position::default();
     loop {
         let outcome = events_session(&mut client, &prefix, &hub, &health, &mut position).await;
@@ -386,7 +388,7 @@ pub(super) async fn watch_events(
                 }
             }
             Break::Failed(why) => {
-                log::warn!("event watch broke: {why}");
+                log::log!(throttle.level(), "event watch broke: {why}");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }

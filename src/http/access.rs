@@ -7,12 +7,22 @@ use crate::http::query::Query;
 use crate::http::route::Route;
 
 /// Who may call hound.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Access {
     /// Required as `Authorization: Bearer …` (or `?token=` on WebSocket routes), if set.
     pub token: Option<String>,
     /// Origins allowed besides the request's own host, normalised (see [`normalise_origin`]).
     pub allowed_origins: Vec<String>,
+}
+
+impl std::fmt::Debug for Access {
+    // The token never appears in debug output or logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
 }
 
 impl Access {
@@ -49,10 +59,15 @@ impl Access {
         {
             let own_host = header(request, "Host").unwrap_or_default();
             let origin = normalise_origin(origin);
-            let same_site = authority_of(&origin).is_some_and(|authority| {
-                with_default_port(&authority, 80)
-                    == with_default_port(&own_host.to_ascii_lowercase(), 80)
-            });
+            // Same origin counts only when the page reached hound by IP address or as
+            // localhost: a page on a DNS name could be a rebinding attack, where the
+            // attacker's name resolves to hound and Origin and Host agree. Names go in
+            // --allow-origin.
+            let same_site = addressed_directly(own_host)
+                && authority_of(&origin).is_some_and(|authority| {
+                    with_default_port(&authority, 80)
+                        == with_default_port(&own_host.to_ascii_lowercase(), 80)
+                });
             if !same_site && !self.allowed_origins.contains(&origin) {
                 return Err(Error::Forbidden(format!(
                     "cross-site request from origin {origin:?} refused; allow it with --allow-origin"
@@ -69,6 +84,16 @@ fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
         .iter()
         .find(|h| h.field.equiv(name))
         .map(|h| h.value.as_str())
+}
+
+/// Whether a `Host` header names an IP address or `localhost`, not a DNS name.
+fn addressed_directly(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Compares two secrets in time that depends only on their lengths.
@@ -122,6 +147,27 @@ mod tests {
         assert!(!same_secret(b"ab", b"abc"));
         assert!(!same_secret(b"abcd", b"abc"));
         assert!(!same_secret(b"", b"abc"));
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_count_as_direct() {
+        for host in [
+            "127.0.0.1:3000",
+            "localhost:3000",
+            "LOCALHOST",
+            "[::1]:3000",
+            "10.0.0.1",
+        ] {
+            assert!(addressed_directly(host), "{host}");
+        }
+        for host in [
+            "evil.example:3000",
+            "evil.example",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!addressed_directly(host), "{host}");
+        }
     }
 
     #[test]

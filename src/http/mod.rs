@@ -58,7 +58,7 @@ fn dispatch(context: &Arc<Context>, request: Request) {
     let label = route.label();
     let open = warden::open_connections() + context.hub.socket_count();
     if open > context.max_connections && !matches!(route, Route::Healthz) {
-        let err = Error::Unavailable(format!(
+        let err = Error::Overloaded(format!(
             "too many open connections ({open}, limit {})",
             context.max_connections
         ));
@@ -99,10 +99,15 @@ fn answer(context: &Context, mut request: Request, route: &Route) {
     match rest::answer(context, &mut request, route) {
         Ok(reply) => {
             metrics::count_request(route.label(), reply.status);
-            let response = with_content_type(
+            let mut response = with_content_type(
                 Response::from_string(reply.body).with_status_code(reply.status),
                 reply.content_type,
             );
+            for (name, value) in reply.extra_headers {
+                if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                    response.add_header(header);
+                }
+            }
             if let Err(err) = request.respond(response) {
                 log::debug!("could not send a response: {err}");
             }

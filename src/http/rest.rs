@@ -30,6 +30,7 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub content_type: &'static str,
+    pub extra_headers: &'static [(&'static str, &'static str)],
 }
 
 const JSON: &str = "application/json";
@@ -39,6 +40,7 @@ fn ok(body: String) -> Result<Reply> {
         status: 200,
         body,
         content_type: JSON,
+        extra_headers: &[],
     })
 }
 
@@ -50,6 +52,7 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
                 status: 200,
                 body: r#"{"status":"ok"}"#.into(),
                 content_type: JSON,
+                extra_headers: &[],
             },
             Health::Unavailable(reason) => Reply {
                 status: 503,
@@ -58,6 +61,7 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
                     json_string(&reason)
                 ),
                 content_type: JSON,
+                extra_headers: &[],
             },
         }),
         Route::Version => ok(format!(
@@ -100,11 +104,17 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
             status: 200,
             body: metrics::render(context.hub.socket_gauges()),
             content_type: "text/plain; version=0.0.4; charset=utf-8",
+            extra_headers: &[],
         }),
         Route::Dashboard => Ok(Reply {
             status: 200,
             body: DASHBOARD.to_owned(),
             content_type: "text/html; charset=utf-8",
+            // Another site must not frame the page and trick clicks on its event form.
+            extra_headers: &[
+                ("X-Frame-Options", "DENY"),
+                ("Content-Security-Policy", "frame-ancestors 'none'"),
+            ],
         }),
         Route::Register | Route::Monitor => Err(Error::UpgradeRequired),
     }

@@ -13,6 +13,7 @@
 //!
 //! WebSockets are not its business: their threads ping them, and their descriptors are claimed.
 
+use std::collections::HashSet;
 use std::net::{Shutdown, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -56,8 +57,12 @@ pub fn start(port: u16, idle: Duration, stop: Arc<AtomicBool>) -> std::io::Resul
 
 fn sweep(port: u16, idle: Duration) -> std::io::Result<()> {
     let mut open: Vec<(TcpStream, Activity)> = Vec::new();
+    let mut peers = HashSet::new();
     fds::for_each_connection(port, |_, stream| {
-        if let Ok(activity) = fds::activity(&stream)
+        // tiny_http holds each connection twice (a read and a write clone): count it once.
+        let new_peer = stream.peer_addr().is_ok_and(|peer| peers.insert(peer));
+        if new_peer
+            && let Ok(activity) = fds::activity(&stream)
             && activity.established
         {
             open.push((stream, activity));
