@@ -76,9 +76,10 @@ impl App {
                 "embedded mode: registrations live in this process only (single host, for \
                  development); use --etcd for a cluster"
             );
-            let embedded = Embedded::start(hub.clone(), config.ttl).map_err(|err| {
-                Error::Internal(format!("cannot start the embedded store: {err}"))
-            })?;
+            let embedded =
+                Embedded::start(hub.clone(), config.ttl, &config.namespace).map_err(|err| {
+                    Error::Internal(format!("cannot start the embedded store: {err}"))
+                })?;
             Store::Embedded(embedded)
         } else {
             Store::Etcd(Etcd::start(settings, hub.clone())?)

@@ -44,11 +44,13 @@ pub struct Embedded {
     state: Arc<Mutex<State>>,
     hub: Arc<Hub>,
     ttl: Duration,
+    /// Only for log lines, which name keys as the etcd backend would.
+    namespace: Arc<str>,
 }
 
 impl Embedded {
     /// Starts the store and its lease keeper, and tells the hub it is ready.
-    pub fn start(hub: Arc<Hub>, ttl_seconds: i64) -> std::io::Result<Embedded> {
+    pub fn start(hub: Arc<Hub>, ttl_seconds: i64, namespace: &str) -> std::io::Result<Embedded> {
         let store = Embedded {
             state: Arc::new(Mutex::new(State {
                 revision: 1,
@@ -56,6 +58,7 @@ impl Embedded {
             })),
             hub: hub.clone(),
             ttl: Duration::from_secs(ttl_seconds.max(1) as u64),
+            namespace: namespace.into(),
         };
         hub.resync(Mirror::default(), 1, false);
         hub.set_health(Health::Ok);
@@ -71,8 +74,20 @@ impl Embedded {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The key as the etcd backend would write it, for log lines.
+    fn key(&self, service: &str, node: &Node) -> String {
+        format!("{}/{service}/{node}", self.namespace)
+    }
+
+    fn count_registrations(state: &State) {
+        metrics::REGISTRATIONS.store(
+            state.registrations.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> crate::Result<i64> {
-        let key = format!("{service}/{node}");
+        let key = self.key(service, node);
         let mut state = self.lock();
         state.revision += 1;
         let revision = state.revision;
@@ -92,6 +107,7 @@ impl Embedded {
             Change::Put(node.clone()),
             revision,
         );
+        Self::count_registrations(&state);
         drop(state);
         match previous {
             Some(previous) if previous.owner != owner => {
@@ -108,7 +124,7 @@ impl Embedded {
     }
 
     pub fn deregister(&self, service: &str, node: &Node, owner: SocketId) {
-        let key = format!("{service}/{node}");
+        let key = self.key(service, node);
         let mut state = self.lock();
         if state
             .registrations
@@ -127,6 +143,7 @@ impl Embedded {
             Change::Removed(KeyEvent::Delete),
             revision,
         );
+        Self::count_registrations(&state);
     }
 
     pub fn deregister_all(&self) {
@@ -141,6 +158,7 @@ impl Embedded {
                 state.revision,
             );
         }
+        Self::count_registrations(&state);
     }
 
     pub fn status() -> ClusterStatus {
@@ -174,7 +192,8 @@ impl Embedded {
                 }
             }
             for (service, node) in expired {
-                log::warn!("lease of {service}/{node} expired; registering it again");
+                let full_key = self.key(&service, &node);
+                log::warn!("lease of {full_key} is gone; registering it again");
                 metrics::LEASE_REGRANTS.add(1);
                 let key = node.to_string();
                 state.revision += 1;
@@ -184,11 +203,8 @@ impl Embedded {
                 state.revision += 1;
                 let revision = state.revision;
                 self.hub.apply(&service, &key, Change::Put(node), revision);
+                log::info!("registered {full_key} again with a new lease");
             }
-            metrics::REGISTRATIONS.store(
-                state.registrations.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
         }
     }
 }
@@ -206,7 +222,7 @@ mod tests {
     #[test]
     fn register_takeover_and_deregister() {
         let hub = Arc::new(Hub::default());
-        let store = Embedded::start(hub.clone(), 15).unwrap();
+        let store = Embedded::start(hub.clone(), 15, "service").unwrap();
         let signal = Arc::new(Signal::new().unwrap());
         let (mailbox, inbox) = Mailbox::new(16, signal.clone());
         hub.subscribe(1, SocketKind::Register, vec!["api".into()], mailbox)

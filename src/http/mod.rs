@@ -56,7 +56,8 @@ fn dispatch(context: &Arc<Context>, request: Request) {
         Err(err) => return respond_error(request, UNROUTED, &err),
     };
     let label = route.label();
-    let open = warden::open_connections() + context.hub.socket_count();
+    // The warden's count is up to a sweep old; this request's own connection is at least one.
+    let open = warden::open_connections().max(1) + context.hub.socket_count();
     if open > context.max_connections && !matches!(route, Route::Healthz) {
         let err = Error::Overloaded(format!(
             "too many open connections ({open}, limit {})",

@@ -18,7 +18,8 @@ use crate::fds;
 /// An upgraded connection as a plain `TcpStream`, plus what must live as long as it.
 pub struct UpgradedStream {
     stream: TcpStream,
-    original_fd: RawFd,
+    /// tiny_http's descriptors for this connection and our duplicate.
+    claimed: Vec<RawFd>,
     _upgraded: Box<dyn ReadWrite + Send>,
 }
 
@@ -29,25 +30,27 @@ impl UpgradedStream {
         local_port: u16,
         peer: SocketAddr,
     ) -> io::Result<UpgradedStream> {
-        let mut found = None;
+        // tiny_http holds each connection under two descriptors (a read and a write clone):
+        // claim both, or the warden would take the other for an idle HTTP connection.
+        let mut found: Vec<(RawFd, TcpStream)> = Vec::new();
         fds::for_each_connection(local_port, |fd, stream| {
             if stream.peer_addr().is_ok_and(|addr| addr == peer) {
-                found = Some((fd, stream));
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
+                found.push((fd, stream));
             }
+            ControlFlow::Continue(())
         })?;
-        let Some((original_fd, stream)) = found else {
+        let mut claimed: Vec<RawFd> = found.iter().map(|(fd, _)| *fd).collect();
+        let Some((_, stream)) = found.pop() else {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("no socket from {peer} to port {local_port} among our descriptors"),
             ));
         };
-        fds::claim(&[original_fd, stream.as_raw_fd()]);
+        claimed.push(stream.as_raw_fd());
+        fds::claim(&claimed);
         Ok(UpgradedStream {
             stream,
-            original_fd,
+            claimed,
             _upgraded: upgraded,
         })
     }
@@ -60,7 +63,7 @@ impl UpgradedStream {
 impl Drop for UpgradedStream {
     fn drop(&mut self) {
         // Released here, before the fields close the descriptors (see `fds::release`).
-        fds::release(&[self.original_fd, self.stream.as_raw_fd()]);
+        fds::release(&self.claimed);
     }
 }
 

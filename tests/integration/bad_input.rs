@@ -183,3 +183,89 @@ fn an_announced_10_mb_frame_closes_with_1009() {
     });
     assert_responsive(&mut hound);
 }
+
+#[test]
+fn a_10_mb_event_body_is_413_and_hurts_nothing() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &[]);
+    let mut listener = monitor_synced(&hound, &["a"]);
+    let length = 10 * 1024 * 1024;
+    let mut stream = TcpStream::connect(hound.addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let head = format!(
+        "POST /etcd/event HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\nConnection: close\r\n\r\n{{\"event_type\":\"t\",\
+         \"services\":[\"a\"],\"event_body\":\"",
+        hound.addr()
+    );
+    stream.write_all(head.as_bytes()).expect("write the head");
+    // Send the body from another thread while reading the answer here: hound may answer
+    // before it has read it all, and then stops reading.
+    let mut writer = stream.try_clone().expect("clone the stream");
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < length {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+    });
+    let response = read_response(&mut stream).expect("an answer to a 10 MB body");
+    response.assert_error(413);
+    drop(stream);
+    let _ = sender.join();
+    assert_responsive(&mut hound);
+    expect_no_message(&mut listener, QUIET);
+}
+
+#[test]
+fn garbage_after_an_upgrade_ends_that_socket_only_and_deregisters() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &["--ttl", "30"]);
+    let mut client = etcd.client();
+    let mut watcher = monitor_synced(&hound, &["api"]);
+    let mut ws = register(&hound, "api", "10.0.0.1", 80);
+    let _ = next_json(&mut ws, PROMPT);
+    expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
+    // Not a WebSocket frame: reserved bits and opcode, no mask, then noise.
+    let mut garbage = vec![0xff, 0x7f, 0x00, 0x13, 0x37];
+    garbage.extend((0..4096u32).map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8));
+    write_raw(&mut ws, &garbage);
+    // hound ends the socket (without a close frame, or with 1002 at most) ...
+    let ending = read_close(&mut ws, PROMPT);
+    assert!(
+        matches!(ending, None | Some((1002, _))),
+        "the socket should end as a protocol error: {ending:?}"
+    );
+    // ... deregisters its node, and the other socket and hound are fine.
+    expect_message(&mut watcher, &key_event("api", "DELETE", &[]));
+    assert!(!registered(&mut client, &hound, "api", "10.0.0.1:80"));
+    assert_responsive(&mut hound);
+    let _again = register(&hound, "api", "10.0.0.2", 80);
+    expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.2", 80)]));
+}
+
+#[test]
+fn a_100_kb_request_line_is_431_or_closed_and_hurts_nothing() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &[]);
+    let mut request = b"GET /etcd/services/".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    request.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(&hound, &request, Duration::from_secs(5));
+    if answer.is_empty() {
+        eprintln!("100 KB request line: connection closed without an answer");
+    } else {
+        let response = read_response(&mut &answer[..]).expect("an HTTP answer");
+        eprintln!("100 KB request line: {response:?}");
+        response.assert_error(431);
+    }
+    assert_responsive(&mut hound);
+}

@@ -1,7 +1,7 @@
 //! Verifies `/etcd/register`: the key and lease in etcd, the first SYNC, PUT/DELETE/EXPIRE as
 //! others see them, takeover, double subscription, IPv6 and host names, and dead clients.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -80,19 +80,37 @@ fn a_client_that_vanishes_is_deregistered() {
 }
 
 #[test]
-fn a_client_that_stops_answering_pings_is_deregistered() {
+fn a_client_that_stops_answering_pings_is_dropped_and_deregistered_within_three_intervals() {
     let _w = watchdog();
     let etcd = Etcd::start();
     let hound = Hound::start(&etcd, &["--ttl", "30", "--ping-interval", "1"]);
     let mut client = etcd.client();
-    // Never read from this socket, so it never answers a ping.
-    let _silent = register(&hound, "api", "10.0.0.1", 80);
+    let mut watcher = monitor_synced(&hound, &["api"]);
+    // Never read from this socket until the end, so it never answers a ping: to hound it is a
+    // peer that vanished without a FIN. The handshake is the last thing it sent.
+    let mut silent = register(&hound, "api", "10.0.0.1", 80);
+    let opened = Instant::now();
     assert!(registered(&mut client, &hound, "api", "10.0.0.1:80"));
-    poll_until(
-        Duration::from_secs(10),
-        "the silent socket's key to be deleted",
-        || !registered(&mut client, &hound, "api", "10.0.0.1:80"),
+    expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
+    // The watcher reads, and so answers pings: it must outlive the silent one.
+    let message = next_json(&mut watcher, Duration::from_secs(10));
+    let took = opened.elapsed();
+    assert_eq!(message, key_event("api", "DELETE", &[]));
+    eprintln!("dead peer: deregistered {took:?} after its last frame (ping interval 1 s)");
+    assert!(
+        took >= Duration::from_millis(1500) && took <= Duration::from_millis(4500),
+        "a peer silent since its handshake must be dropped 2-3 ping intervals later, not after \
+         {took:?}"
     );
+    assert!(!registered(&mut client, &hound, "api", "10.0.0.1:80"));
+    // hound dropped the connection without a close frame (after what it had sent: the SYNC
+    // and its pings).
+    assert_eq!(
+        read_close(&mut silent, PROMPT),
+        None,
+        "the silent socket ends without a close frame"
+    );
+    expect_no_message(&mut watcher, QUIET);
 }
 
 #[test]

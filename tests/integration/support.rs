@@ -192,12 +192,17 @@ pub fn wait_with_deadline(child: &mut Child, within: Duration) -> Option<ExitSta
 // etcd
 // ---------------------------------------------------------------------------------------------
 
-/// A real single-member etcd on free loopback ports with its own data dir, killed on drop.
+/// A real etcd member on free loopback ports with its own data dir, killed on drop: a
+/// single-member cluster from [`Etcd::start`], or one member of an [`EtcdCluster`].
 pub struct Etcd {
     child: Option<Child>,
     client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    /// The member's name and, for a member of a larger cluster, its `--initial-cluster` list
+    /// and token (a single member lists only itself).
+    name: String,
+    cluster: Option<(String, String)>,
 }
 
 impl Etcd {
@@ -219,6 +224,8 @@ impl Etcd {
             client_port: 0,
             peer_port: 0,
             dir,
+            name: "default".to_owned(),
+            cluster: None,
         };
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -237,6 +244,12 @@ impl Etcd {
 
     /// Spawns etcd on this instance's ports and data dir; true once it is healthy.
     fn launch(&mut self) -> bool {
+        self.spawn();
+        self.wait_healthy(Duration::from_secs(15))
+    }
+
+    /// Spawns etcd on this instance's ports and data dir without waiting for it.
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -245,9 +258,19 @@ impl Etcd {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new(Self::binary());
+        let (initial_cluster, token, timing) = match &self.cluster {
+            Some((members, token)) => (members.clone(), token.as_str(), ["50", "500"]),
+            // A single member need not wait a full second before electing itself. Its token
+            // stays etcd's default, so a wiped member comes back with the same cluster id.
+            None => (
+                format!("{}={peer}", self.name),
+                "etcd-cluster",
+                ["25", "250"],
+            ),
+        };
         command
             .arg("--name")
-            .arg("default")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen-client-urls")
@@ -259,16 +282,22 @@ impl Etcd {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(format!("default={peer}"))
-            // A single member need not wait a full second before electing itself.
-            .args(["--heartbeat-interval", "25", "--election-timeout", "250"])
+            .arg(initial_cluster)
+            .args(["--initial-cluster-state", "new"])
+            .arg("--initial-cluster-token")
+            .arg(token)
+            .args([
+                "--heartbeat-interval",
+                timing[0],
+                "--election-timeout",
+                timing[1],
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
         let child = spawn_child(command)
             .unwrap_or_else(|err| panic!("cannot run {:?}: {err}", Self::binary()));
         self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(15))
     }
 
     /// Polls `/health` until etcd says it is healthy; false if it exits or the deadline passes.
@@ -294,6 +323,11 @@ impl Etcd {
 
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The member's name (`default` for a single member).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The client URL, e.g. `http://127.0.0.1:41234`.
@@ -378,6 +412,104 @@ impl Drop for Etcd {
             );
         }
         // The TempDir field removes the data dir after this.
+    }
+}
+
+/// A real etcd cluster of several members on loopback, each with its own ports and data dir;
+/// every member is killed on drop.
+pub struct EtcdCluster {
+    members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members (`m0`, `m1`, …) as one new cluster and waits until each answers
+    /// `/health` (which needs an elected leader).
+    pub fn start(size: usize) -> EtcdCluster {
+        let mut last_logs = String::new();
+        for _attempt in 0..3 {
+            let token = unique("hound-test-cluster");
+            let mut members: Vec<Etcd> = (0..size)
+                .map(|n| Etcd {
+                    child: None,
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    dir: tempfile::Builder::new()
+                        .prefix("hound-test-etcd-")
+                        .tempdir()
+                        .expect("create etcd temp dir"),
+                    name: format!("m{n}"),
+                    cluster: None,
+                })
+                .collect();
+            let mut ports: Vec<u16> = members
+                .iter()
+                .flat_map(|m| [m.client_port, m.peer_port])
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            if ports.len() != 2 * size {
+                continue;
+            }
+            let initial_cluster = members
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",");
+            for member in &mut members {
+                member.cluster = Some((initial_cluster.clone(), token.clone()));
+                member.spawn();
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let healthy = members.iter_mut().all(|member| {
+                member.wait_healthy(deadline.saturating_duration_since(Instant::now()))
+            });
+            if healthy {
+                return EtcdCluster { members };
+            }
+            // A port was probably taken in the meantime: try again with new ones.
+            last_logs = members
+                .iter()
+                .map(|m| format!("--- {} ---\n{}", m.name, tail(&m.log(), 10)))
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        panic!("the etcd cluster did not come up after 3 attempts; last logs:\n{last_logs}");
+    }
+
+    /// Every member's client URL, comma-separated, as `--etcd` takes them.
+    pub fn urls(&self) -> String {
+        self.members
+            .iter()
+            .map(Etcd::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn member(&self, index: usize) -> &Etcd {
+        &self.members[index]
+    }
+
+    pub fn member_mut(&mut self, index: usize) -> &mut Etcd {
+        &mut self.members[index]
+    }
+
+    /// The index of the member etcd knows by `id`, asking member `via`.
+    pub fn index_of(&self, id: u64, via: usize) -> usize {
+        let name = self.members[via]
+            .client()
+            .member_list()
+            .into_iter()
+            .find(|(member, _)| *member == id)
+            .map(|(_, name)| name)
+            .unwrap_or_else(|| panic!("no member with id {id:x}"));
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("member {name} is not one of ours"))
     }
 }
 
@@ -494,6 +626,40 @@ impl EtcdClient {
         (response.ttl() > 0).then(|| response.granted_ttl())
     }
 
+    /// Runs `ops` as one transaction (one revision; events in the order of `ops`).
+    pub fn txn(&mut self, ops: Vec<etcd_client::TxnOp>) {
+        let txn = etcd_client::Txn::new().and_then(ops);
+        self.call("txn", |mut c| async move { c.txn(txn).await });
+    }
+
+    /// The store's current revision.
+    pub fn revision(&mut self) -> i64 {
+        let options = etcd_client::GetOptions::new().with_count_only();
+        let response = self.call(
+            "get",
+            |mut c| async move { c.get("\0", Some(options)).await },
+        );
+        response.header().expect("get has a header").revision()
+    }
+
+    /// Compacts the history up to `revision` and waits until it is physically gone.
+    pub fn compact(&mut self, revision: i64) {
+        let options = etcd_client::CompactionOptions::new().with_physical();
+        self.call("compact", |mut c| async move {
+            c.compact(revision, Some(options)).await
+        });
+    }
+
+    /// `(id, name)` of every member.
+    pub fn member_list(&mut self) -> Vec<(u64, String)> {
+        let response = self.call("member list", |mut c| async move { c.member_list().await });
+        response
+            .members()
+            .iter()
+            .map(|m| (m.id(), m.name().to_owned()))
+            .collect()
+    }
+
     pub fn status(&mut self) -> MemberStatus {
         let response = self.call("status", |mut c| async move { c.status().await });
         MemberStatus {
@@ -501,6 +667,98 @@ impl EtcdClient {
             leader: response.leader(),
             member_id: response.header().expect("status has a header").member_id(),
         }
+    }
+}
+
+/// One event a [`PrefixWatch`] saw, or the end of its watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    Put { key: String, revision: i64 },
+    Delete { key: String, revision: i64 },
+    Broken(String),
+}
+
+/// A direct etcd watch on a key prefix, on a thread of its own, that records every event: to
+/// see what any watcher of the cluster sees, independently of hound.
+pub struct PrefixWatch {
+    events: mpsc::Receiver<Watched>,
+}
+
+impl PrefixWatch {
+    /// Watches `prefix` on the etcd at `url` from `from_revision` (so nothing written since is
+    /// missed); returns once etcd has accepted the watch.
+    pub fn start(url: &str, prefix: &str, from_revision: i64) -> PrefixWatch {
+        let (events, received) = mpsc::channel();
+        let (ready, accepted) = mpsc::channel();
+        let (url, prefix) = (url.to_owned(), prefix.to_owned());
+        thread::Builder::new()
+            .name(format!("watch {prefix}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("build tokio runtime");
+                runtime.block_on(async move {
+                    let options = etcd_client::WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(from_revision);
+                    let started = async {
+                        let mut client = etcd_client::Client::connect([url], None).await?;
+                        client.watch(prefix, Some(options)).await
+                    };
+                    let mut stream = match tokio::time::timeout(EtcdClient::CALL, started).await {
+                        Ok(Ok(stream)) => {
+                            let _ = ready.send(Ok(()));
+                            stream
+                        }
+                        Ok(Err(err)) => return drop(ready.send(Err(err.to_string()))),
+                        Err(_) => return drop(ready.send(Err("timed out".to_owned()))),
+                    };
+                    loop {
+                        let notes = match stream.message().await {
+                            Ok(Some(response)) => response
+                                .events()
+                                .iter()
+                                .filter_map(|event| {
+                                    let kv = event.kv()?;
+                                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                                    let revision = kv.mod_revision();
+                                    Some(match event.event_type() {
+                                        etcd_client::EventType::Put => {
+                                            Watched::Put { key, revision }
+                                        }
+                                        etcd_client::EventType::Delete => {
+                                            Watched::Delete { key, revision }
+                                        }
+                                    })
+                                })
+                                .collect(),
+                            Ok(None) => vec![Watched::Broken("the stream ended".to_owned())],
+                            Err(err) => vec![Watched::Broken(err.to_string())],
+                        };
+                        let broken = notes.iter().any(|n| matches!(n, Watched::Broken(_)));
+                        for note in notes {
+                            if events.send(note).is_err() {
+                                return;
+                            }
+                        }
+                        if broken {
+                            return;
+                        }
+                    }
+                });
+            })
+            .expect("spawn watch thread");
+        match accepted.recv_timeout(EtcdClient::CALL + Duration::from_secs(1)) {
+            Ok(Ok(())) => PrefixWatch { events: received },
+            Ok(Err(err)) => panic!("cannot watch the prefix: {err}"),
+            Err(_) => panic!("the watch thread did not start"),
+        }
+    }
+
+    /// Everything seen since the last call.
+    pub fn seen(&self) -> Vec<Watched> {
+        self.events.try_iter().collect()
     }
 }
 
@@ -589,9 +847,17 @@ pub struct HoundBuilder {
     namespace: String,
     event_namespace: String,
     wait_healthy: bool,
+    fd_limit: Option<u64>,
 }
 
 impl HoundBuilder {
+    /// Starts hound with both the soft and the hard `RLIMIT_NOFILE` at `limit`, so it cannot
+    /// raise its descriptor limit.
+    pub fn fd_limit(mut self, limit: u64) -> Self {
+        self.fd_limit = Some(limit);
+        self
+    }
+
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
@@ -665,6 +931,21 @@ impl HoundBuilder {
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(limit) = self.fd_limit {
+            let limit = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: the closure only calls setrlimit(2), which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = spawn_child(command).expect("spawn hound");
         let stderr = child.stderr.take().expect("hound stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -765,6 +1046,7 @@ impl Hound {
             namespace: unique("svc"),
             event_namespace: unique("evt"),
             wait_healthy: true,
+            fd_limit: None,
         }
     }
 
@@ -868,6 +1150,18 @@ impl Hound {
         )
     }
 
+    /// `GET /metrics`, parsed strictly (see [`Metrics::parse`]).
+    pub fn metrics(&self) -> Metrics {
+        let response = self.get("/metrics");
+        assert_eq!(response.status, 200, "GET /metrics: {response:?}");
+        Metrics::parse(&response.text())
+    }
+
+    /// One sample of `GET /metrics`, e.g. `hound_sockets{kind="monitor"}`; 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics().value(series).unwrap_or(0.0)
+    }
+
     /// The nodes `/etcd/services/<service>` lists, as (ip, port).
     pub fn nodes(&self, service: &str) -> Vec<(String, u16)> {
         let response = self.get(&format!("/etcd/services/{service}"));
@@ -903,6 +1197,181 @@ impl Drop for Hound {
             );
         }
     }
+}
+
+/// A Prometheus text exposition, checked line by line: `# HELP name text`, `# TYPE name kind`
+/// (before the family's samples, once each), and samples `name{label="value",…} value` with
+/// no timestamp, no duplicate series and no sample outside a declared family.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    samples: std::collections::BTreeMap<String, f64>,
+    text: String,
+}
+
+impl Metrics {
+    /// Parses `text`; panics naming the first line that breaks the grammar.
+    pub fn parse(text: &str) -> Metrics {
+        Metrics::try_parse(text).unwrap_or_else(|why| panic!("{why}\n{text}"))
+    }
+
+    /// Parses `text`, or says which line breaks the grammar and how.
+    pub fn try_parse(text: &str) -> Result<Metrics, String> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut samples = BTreeMap::new();
+        let mut helped = BTreeSet::new();
+        let mut typed: BTreeMap<String, String> = BTreeMap::new();
+        if !text.ends_with('\n') {
+            return Err("the exposition does not end with a newline".to_owned());
+        }
+        for (n, line) in text.lines().enumerate() {
+            let bad = |why: &str| format!("/metrics line {}: {why}: {line:?}", n + 1);
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| bad("HELP without text"))?;
+                if !is_metric_name(name) || help.trim().is_empty() {
+                    return Err(bad("bad HELP line"));
+                }
+                if !helped.insert(name.to_owned()) {
+                    return Err(bad("second HELP for one family"));
+                }
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| bad("TYPE without kind"))?;
+                if !is_metric_name(name)
+                    || !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind)
+                {
+                    return Err(bad("bad TYPE line"));
+                }
+                if typed.insert(name.to_owned(), kind.to_owned()).is_some() {
+                    return Err(bad("second TYPE for one family"));
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                return Err(bad("a comment that is neither HELP nor TYPE"));
+            }
+            let (series, value) = line.rsplit_once(' ').ok_or_else(|| bad("no value"))?;
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                "NaN" => f64::NAN,
+                v => v.parse().map_err(|_| bad("value is not a number"))?,
+            };
+            let name = series.split('{').next().unwrap_or("");
+            if !is_metric_name(name) {
+                return Err(bad("bad metric name"));
+            }
+            if let Some(labels) = series[name.len()..].strip_prefix('{') {
+                let labels = labels
+                    .strip_suffix('}')
+                    .ok_or_else(|| bad("unclosed labels"))?;
+                if !is_label_list(labels) {
+                    return Err(bad("bad label list"));
+                }
+            } else if series.len() != name.len() {
+                return Err(bad("junk after the metric name"));
+            }
+            // Histogram and summary samples carry a suffix their family name lacks.
+            let family = ["_count", "_sum", "_bucket"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix).filter(|base| {
+                        typed
+                            .get(*base)
+                            .is_some_and(|kind| kind == "histogram" || kind == "summary")
+                    })
+                })
+                .unwrap_or(name);
+            match typed.get(family).map(String::as_str) {
+                None => return Err(bad("sample before its TYPE line")),
+                Some("counter") if value.is_nan() || value < 0.0 => {
+                    return Err(bad("a negative counter"));
+                }
+                Some(_) => {}
+            }
+            if samples.insert(series.to_owned(), value).is_some() {
+                return Err(bad("the same series twice"));
+            }
+        }
+        Ok(Metrics {
+            samples,
+            text: text.to_owned(),
+        })
+    }
+
+    /// The value of `series` exactly as written, e.g. `hound_sockets{kind="monitor"}`.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.samples.get(series).copied()
+    }
+
+    /// The value of `series`, which must be present.
+    pub fn get(&self, series: &str) -> f64 {
+        self.value(series)
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{}", self.text))
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// `name="value",name="value"` with Prometheus escapes (`\\`, `\"`, `\n`) in values.
+fn is_label_list(mut rest: &str) -> bool {
+    let mut names = std::collections::BTreeSet::new();
+    while !rest.is_empty() {
+        let Some((name, after)) = rest.split_once("=\"") else {
+            return false;
+        };
+        let mut chars = name.chars();
+        let name_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok || !names.insert(name) {
+            return false;
+        }
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match (escaped, c) {
+                (true, '\\' | '"' | 'n') => escaped = false,
+                (true, _) => return false,
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    end = Some(i);
+                    break;
+                }
+                (false, '\n') => return false,
+                (false, _) => {}
+            }
+        }
+        let Some(end) = end else { return false };
+        rest = &after[end + 1..];
+        if let Some(next) = rest.strip_prefix(',') {
+            rest = next;
+            if rest.is_empty() {
+                return false;
+            }
+        } else if !rest.is_empty() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The last `lines` lines of `text`.
@@ -1183,6 +1652,78 @@ pub fn ws_connect(
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> Result<Ws, HttpResponse> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    ws_handshake(stream, addr, path_and_query, headers)
+}
+
+/// Like [`ws_connect`] over a connection whose receive buffer is fixed at `rcvbuf` bytes (the
+/// kernel doubles it) before connecting, so a client that stops reading backs up quickly.
+pub fn ws_connect_small_buffer(
+    addr: SocketAddr,
+    path_and_query: &str,
+    rcvbuf: usize,
+) -> Result<Ws, HttpResponse> {
+    let stream = connect_with_rcvbuf(addr, rcvbuf).expect("connect with a small buffer");
+    ws_handshake(stream, addr, path_and_query, &[])
+}
+
+/// A TCP connection to the IPv4 `addr` whose `SO_RCVBUF` was set before the handshake (which
+/// is when the window scale is agreed), and so never grows by autotuning.
+pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        panic!("connect_with_rcvbuf supports IPv4 only, not {addr}");
+    };
+    // SAFETY: socket(2) has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nothing else owns; the stream closes it on every path.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let size = libc::c_int::try_from(rcvbuf).expect("buffer size fits a c_int");
+    // SAFETY: `size` is a valid c_int for the duration of the call and its length is given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sin` is a valid sockaddr_in for the duration of the call and its length is given.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&raw const sin).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// The client side of the WebSocket handshake over `stream`.
+fn ws_handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, HttpResponse> {
     let mut request = format!("ws://{addr}{path_and_query}")
         .into_client_request()
         .expect("build WebSocket request");
@@ -1192,7 +1733,6 @@ pub fn ws_connect(
             tungstenite::http::HeaderValue::from_str(value).expect("header value"),
         );
     }
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set read timeout");
@@ -1478,3 +2018,158 @@ pub fn assert_namespace_empty(etcd: &mut EtcdClient, hound: &Hound, what: &str) 
         hound.prefix()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Secure etcd (helpers for `secure_etcd.rs`: TLS and user/password clients, enabling auth)
+// ---------------------------------------------------------------------------------------------
+
+impl EtcdClient {
+    /// Like [`EtcdClient::connect`], with TLS material or credentials in `options`. With a user
+    /// this authenticates at once, so etcd must be up and accept the password.
+    pub fn connect_with(url: &str, options: etcd_client::ConnectOptions) -> EtcdClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("build tokio runtime");
+        let client = runtime
+            .block_on(async {
+                tokio::time::timeout(
+                    Self::CALL,
+                    etcd_client::Client::connect([url.to_owned()], Some(options)),
+                )
+                .await
+            })
+            .unwrap_or_else(|_| panic!("connecting to etcd at {url} timed out"))
+            .unwrap_or_else(|err| panic!("cannot connect to etcd at {url}: {err}"));
+        EtcdClient { runtime, client }
+    }
+
+    /// etcd's version, or why it did not answer within `within` (for polls that must not panic).
+    pub fn try_version(&mut self, within: Duration) -> Result<String, String> {
+        let mut client = self.client.clone();
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(within, client.status()).await })
+        {
+            Ok(Ok(status)) => Ok(status.version().to_owned()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no answer within {within:?}")),
+        }
+    }
+
+    /// Creates user `root` with `password` and the root role, then turns authentication on:
+    /// from then on every client must log in.
+    pub fn enable_auth(&mut self, password: &str) {
+        let password = password.to_owned();
+        self.call("role add", |mut c| async move { c.role_add("root").await });
+        self.call("user add", |mut c| async move {
+            c.user_add("root", password, None).await
+        });
+        self.call("user grant-role", |mut c| async move {
+            c.user_grant_role("root", "root").await
+        });
+        self.call("auth enable", |mut c| async move { c.auth_enable().await });
+    }
+}
+
+// =============================================================================================
+// BACKENDS (appended for `scenarios.rs`; self-contained, nothing above uses it)
+//
+// One scenario runs against both stores: `Backend::Etcd` (a per-test etcd and a hound on it)
+// and `Backend::Embedded` (`hound --embedded -p 0`, no etcd). Both hand back a `BackendHound`,
+// which derefs to `Hound`, so every helper taking `&Hound` takes it.
+// =============================================================================================
+
+/// The store a hound runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A per-test etcd and `hound --etcd URL` on it.
+    Etcd,
+    /// `hound --embedded`: registrations live in the hound process; no etcd at all.
+    Embedded,
+}
+
+impl Backend {
+    /// Starts a hound on this backend with `-p 0` and `extra_args`, and waits until it is
+    /// healthy. On etcd it gets its own etcd and unique namespaces, as [`Hound::start`] does.
+    pub fn start(self, extra_args: &[&str]) -> BackendHound {
+        match self {
+            Backend::Etcd => {
+                let etcd = Etcd::start();
+                let hound = Hound::builder(&etcd)
+                    // HOUND_ENV does not clear it, and it would turn `--etcd` into exit 2.
+                    .env("HOUND_EMBEDDED", "0")
+                    .args(extra_args.iter().copied())
+                    .start();
+                BackendHound {
+                    hound,
+                    etcd: Some(etcd),
+                    backend: self,
+                }
+            }
+            Backend::Embedded => {
+                let hound = Hound::builder_for_url("")
+                    .without_etcd_flag()
+                    .without_namespace_flags()
+                    .namespace("service")
+                    .arg("--embedded")
+                    .args(extra_args.iter().copied())
+                    .start();
+                BackendHound {
+                    hound,
+                    etcd: None,
+                    backend: self,
+                }
+            }
+        }
+    }
+}
+
+/// A hound started by [`Backend::start`], with the etcd it uses (if any); both killed on drop.
+pub struct BackendHound {
+    // Fields drop in order: the hound goes before its etcd.
+    hound: Hound,
+    etcd: Option<Etcd>,
+    backend: Backend,
+}
+
+impl BackendHound {
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The etcd behind this hound; `None` on the embedded backend.
+    pub fn etcd(&self) -> Option<&Etcd> {
+        self.etcd.as_ref()
+    }
+
+    /// A second hound serving the same registrations and events (same etcd, same namespaces),
+    /// started with `extra_args`. `None` on the embedded backend: its store lives inside this
+    /// one process, so no other hound can share it.
+    pub fn peer(&self, extra_args: &[&str]) -> Option<Hound> {
+        let etcd = self.etcd.as_ref()?;
+        Some(
+            Hound::builder(etcd)
+                .namespaces_of(&self.hound)
+                .env("HOUND_EMBEDDED", "0")
+                .args(extra_args.iter().copied())
+                .start(),
+        )
+    }
+}
+
+impl std::ops::Deref for BackendHound {
+    type Target = Hound;
+
+    fn deref(&self) -> &Hound {
+        &self.hound
+    }
+}
+
+impl std::ops::DerefMut for BackendHound {
+    fn deref_mut(&mut self) -> &mut Hound {
+        &mut self.hound
+    }
+}
+
+// ---- end of BACKENDS --------------------------------------------------------------------------
