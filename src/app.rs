@@ -93,6 +93,9 @@ impl App {
             max_connections,
         });
         let listener = Arc::new(listener);
+        listener
+            .start_accept_check()
+            .map_err(|err| Error::Internal(format!("cannot start the accept check: {err}")))?;
         let mut workers = Vec::new();
         for n in 0..HTTP_WORKERS {
             let (listener, context) = (listener.clone(), context.clone());

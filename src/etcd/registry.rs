@@ -57,6 +57,9 @@ pub(super) async fn serve(
     };
 
     let settings = Rc::new(settings);
+    if settings.endpoints.len() > 1 {
+        spawn_local(track_endpoints(client.clone(), settings.clone()));
+    }
     let health = Rc::new(HealthState::default());
     spawn_local(watch::probe_health(
         client.clone(),
@@ -119,6 +122,57 @@ pub(super) async fn serve(
         }
         metrics::REGISTRATIONS.store(registry.held.len() as u64, Ordering::Relaxed);
     }
+}
+
+/// Keeps the client's balanced channel to the members that answer. etcd-client balances over
+/// every endpoint it was given and keeps sending some requests to a dead one, so each member is
+/// probed on its own every second: one that stops answering is taken out of the channel (never
+/// the last), and put back when it answers again.
+async fn track_endpoints(client: Client, settings: Rc<Settings>) {
+    let mut probes: Vec<Option<Client>> = vec![None; settings.endpoints.len()];
+    let mut in_channel = vec![true; settings.endpoints.len()];
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (i, endpoint) in settings.endpoints.iter().enumerate() {
+            let answers = probe_endpoint(&mut probes[i], endpoint, &settings).await;
+            let live = in_channel.iter().filter(|&&used| used).count();
+            if !answers && in_channel[i] && live > 1 {
+                match client.remove_endpoint(endpoint).await {
+                    Ok(()) => {
+                        log::warn!("etcd member {endpoint} does not answer; using the others");
+                        in_channel[i] = false;
+                    }
+                    Err(err) => log::debug!("cannot set {endpoint} aside: {err}"),
+                }
+            } else if answers && !in_channel[i] {
+                match client.add_endpoint(endpoint).await {
+                    Ok(()) => {
+                        log::info!("etcd member {endpoint} answers again");
+                        in_channel[i] = true;
+                    }
+                    Err(err) => log::debug!("cannot take {endpoint} back: {err}"),
+                }
+            }
+        }
+    }
+}
+
+/// Whether one member answers a status request within a second, through a client of its own.
+async fn probe_endpoint(probe: &mut Option<Client>, endpoint: &str, settings: &Settings) -> bool {
+    if probe.is_none() {
+        let connect = Client::connect([endpoint], Some(connect_options(settings)));
+        match tokio::time::timeout(Duration::from_secs(1), connect).await {
+            Ok(Ok(client)) => *probe = Some(client),
+            _ => return false,
+        }
+    }
+    let Some(client) = probe.as_mut() else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), client.status()).await,
+        Ok(Ok(_))
+    )
 }
 
 fn connect_options(settings: &Settings) -> ConnectOptions {

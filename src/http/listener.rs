@@ -1,18 +1,33 @@
 //! The listening socket. hound owns it and lends tiny_http a clone; when tiny_http's accept
-//! thread dies (tiny_http 0.12 ends it on the first accept error, EMFILE included, after which
-//! the port would accept nothing ever again), a new tiny_http server is built on another clone.
+//! thread dies, a new tiny_http server is built on another clone.
+//!
+//! tiny_http 0.12 ends its accept thread on the first accept error (EMFILE included) and reports
+//! it through `recv`; when a descriptor runs out just after an accept instead, the thread panics
+//! inside tiny_http and reports nothing. Either way the port would accept nothing ever again. So
+//! besides reacting to the reported error, an accept check connects to the port every
+//! `CHECK_INTERVAL` and looks for that connection among our descriptors; if it was not
+//! accepted, the server is replaced. A replaced server is retired, not dropped at once: its
+//! connections may still deliver requests, and the workers keep taking them.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tiny_http::{Request, Server};
 
+use crate::fds;
+
 /// How long a worker waits for a request before checking whether hound is stopping.
 const RECV_WAIT: Duration = Duration::from_millis(250);
 /// Restarts come at most this often, so a descriptor shortage does not spin.
 const REVIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the accept check runs, and how long it waits to see its connection accepted.
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const CHECK_WAIT: Duration = Duration::from_secs(1);
+/// How long a replaced server's connections are still served.
+const RETIREMENT: Duration = Duration::from_secs(60);
 
 struct Generation {
     number: u64,
@@ -24,6 +39,7 @@ pub struct Listener {
     socket: TcpListener,
     local_addr: SocketAddr,
     current: RwLock<Generation>,
+    retired: Mutex<Vec<(Arc<Server>, Instant)>>,
     last_revival: Mutex<Instant>,
     stopping: AtomicBool,
 }
@@ -37,6 +53,7 @@ impl Listener {
             socket,
             local_addr,
             current: RwLock::new(Generation { number: 0, server }),
+            retired: Mutex::new(Vec::new()),
             last_revival: Mutex::new(Instant::now()),
             stopping: AtomicBool::new(false),
         })
@@ -44,6 +61,21 @@ impl Listener {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Starts the thread that checks the port still accepts.
+    pub fn start_accept_check(self: &Arc<Self>) -> std::io::Result<()> {
+        let listener = self.clone();
+        std::thread::Builder::new()
+            .name("accept-check".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                while !listener.stopping.load(Ordering::Relaxed) {
+                    std::thread::sleep(CHECK_INTERVAL);
+                    listener.check_accepting();
+                }
+            })
+            .map(|_| ())
     }
 
     /// The next request, or `None` once [`Listener::stop`] was called.
@@ -56,10 +88,22 @@ impl Listener {
             match server.recv_timeout(RECV_WAIT) {
                 Ok(Some(request)) => return Some(request),
                 Ok(None) => {}
-                Err(err) => self.revive(number, &err),
+                Err(err) => self.revive(number, &err.to_string()),
+            }
+            if let Some(request) = self.retired_request() {
+                return Some(request);
             }
         }
         None
+    }
+
+    /// A request still arriving on a replaced server's connections, if any.
+    fn retired_request(&self) -> Option<Request> {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|(_, since)| since.elapsed() < RETIREMENT);
+        retired
+            .iter()
+            .find_map(|(server, _)| server.try_recv().ok().flatten())
     }
 
     /// Makes [`Listener::next_request`] return `None` within `RECV_WAIT`.
@@ -67,9 +111,43 @@ impl Listener {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Replaces generation `dead`, whose accept thread ended with `err`, unless another worker
-    /// already did. Retries until it works or hound stops.
-    fn revive(&self, dead: u64, err: &std::io::Error) {
+    /// Connects to the port and looks for the connection among ours; if tiny_http did not
+    /// accept it, its accept thread is gone.
+    fn check_accepting(&self) {
+        let number = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .number;
+        let target = SocketAddr::new(reachable(self.local_addr.ip()), self.local_addr.port());
+        // Out of descriptors (or the backlog is full): nothing can be judged now.
+        let Ok(probe) = TcpStream::connect_timeout(&target, CHECK_WAIT) else {
+            return;
+        };
+        let Ok(probe_addr) = probe.local_addr() else {
+            return;
+        };
+        let deadline = Instant::now() + CHECK_WAIT;
+        while Instant::now() < deadline {
+            let mut accepted = false;
+            let _ = fds::for_each_connection(self.local_addr.port(), |_, stream| {
+                if stream.peer_addr().is_ok_and(|peer| peer == probe_addr) {
+                    accepted = true;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            if accepted {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.revive(number, "a test connection was not accepted within 1 s");
+    }
+
+    /// Replaces generation `dead` unless another thread already did, retiring it. Retries until
+    /// it works or hound stops.
+    fn revive(&self, dead: u64, why: &str) {
         let mut last_revival = self.last_revival.lock().unwrap_or_else(|p| p.into_inner());
         if self
             .current
@@ -80,21 +158,37 @@ impl Listener {
         {
             return;
         }
-        log::error!("the HTTP accept thread stopped ({err}); starting a new one");
+        log::error!("the HTTP accept thread stopped ({why}); starting a new one");
         while !self.stopping.load(Ordering::Relaxed) {
             std::thread::sleep(REVIVE_INTERVAL.saturating_sub(last_revival.elapsed()));
             *last_revival = Instant::now();
             match serve_clone(&self.socket) {
                 Ok(server) => {
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = Generation {
-                        number: dead + 1,
-                        server,
-                    };
+                    let replaced = std::mem::replace(
+                        &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
+                        Generation {
+                            number: dead + 1,
+                            server,
+                        },
+                    );
+                    self.retired
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((replaced.server, Instant::now()));
                     return;
                 }
                 Err(err) => log::warn!("cannot start an HTTP accept thread yet: {err}"),
             }
         }
+    }
+}
+
+/// An address that reaches a socket bound to `bound` from this host.
+fn reachable(bound: IpAddr) -> IpAddr {
+    match bound {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
     }
 }
 

@@ -58,7 +58,8 @@ fn dispatch(context: &Arc<Context>, request: Request) {
     let label = route.label();
     // The warden's count is up to a sweep old; this request's own connection is at least one.
     let open = warden::open_connections().max(1) + context.hub.socket_count();
-    if open > context.max_connections && !matches!(route, Route::Healthz) {
+    // Probes and metrics still answer at the cap: that is when operators need them.
+    if open > context.max_connections && !matches!(route, Route::Healthz | Route::Metrics) {
         let err = Error::Overloaded(format!(
             "too many open connections ({open}, limit {})",
             context.max_connections
