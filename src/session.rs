@@ -161,3 +161,47 @@ fn handshake(
     let upgraded = request.upgrade("websocket", response);
     UpgradedStream::claim(upgraded, port, peer).map_err(|err| err.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::Embedded;
+    use crate::hub::Hub;
+    use crate::store::Store;
+
+    #[test]
+    fn a_panicking_socket_thread_cleans_up() {
+        let hub = Arc::new(Hub::default());
+        let store = Embedded::start(hub.clone(), 15, "service").unwrap();
+        let context = Context {
+            hub: hub.clone(),
+            store: Store::Embedded(store),
+            ping_interval: Duration::from_secs(15),
+            access: Default::default(),
+            port: 0,
+            max_connections: 10,
+        };
+        let node = Node::parse_value("10.0.0.1:80").unwrap();
+        let outcome = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> () {
+                    let _cleanup = Cleanup {
+                        context: &context,
+                        id: 7,
+                        registration: Some(("api".into(), node.clone())),
+                    };
+                    context.store.register("api", &node, 7).unwrap();
+                    let signal = Arc::new(Signal::new().unwrap());
+                    let (mailbox, _inbox) = Mailbox::new(4, signal);
+                    hub.subscribe(7, SocketKind::Register, vec!["api".into()], mailbox)
+                        .unwrap();
+                    assert_eq!(hub.service_names(), ["api"]);
+                    panic!("a bug in a socket thread");
+                })
+                .join()
+        });
+        assert!(outcome.is_err(), "the thread panicked");
+        assert!(hub.service_names().is_empty(), "the node was deregistered");
+        assert_eq!(hub.socket_count(), 0, "the socket was unsubscribed");
+    }
+}
