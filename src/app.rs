@@ -54,10 +54,10 @@ impl App {
                 1024
             }
         };
-        // Each WebSocket holds three descriptors (tiny_http's, our duplicate, an eventfd);
+        // Each WebSocket holds four descriptors (tiny_http's two, our duplicate, an eventfd);
         // keep a reserve for etcd connections, the listener and files.
         let fd_budget =
-            usize::try_from(fd_limit.saturating_sub(FD_RESERVE) / 3).unwrap_or(usize::MAX);
+            usize::try_from(fd_limit.saturating_sub(FD_RESERVE) / 4).unwrap_or(usize::MAX);
         let max_connections = config.max_connections.unwrap_or(fd_budget).max(1);
         log::debug!("open file limit {fd_limit}; at most {max_connections} connections");
         let listener = Listener::bind(config.listen)

@@ -14,6 +14,9 @@ use std::time::Duration;
 /// skip them, so a search costs a directory read rather than a `dup` of every open connection.
 static CLAIMED: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
 
+/// Held for the whole of a scan.
+static SCAN: Mutex<()> = Mutex::new(());
+
 fn claimed() -> MutexGuard<'static, Option<HashSet<RawFd>>> {
     CLAIMED.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -40,6 +43,9 @@ pub fn for_each_connection(
     local_port: u16,
     mut visit: impl FnMut(RawFd, TcpStream) -> ControlFlow<()>,
 ) -> io::Result<()> {
+    // One scan at a time: a scan's temporary duplicates are descriptors too, with the same
+    // peer as the connection they copy, and another scan must not take them for tiny_http's.
+    let _one_at_a_time = SCAN.lock().unwrap_or_else(|p| p.into_inner());
     let known = claimed().clone().unwrap_or_default();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Some(fd) = entry?
@@ -67,6 +73,27 @@ pub fn for_each_connection(
         if ours && visit(fd, stream).is_break() {
             break;
         }
+    }
+    Ok(())
+}
+
+/// Sets TCP_NODELAY on a listening socket; Linux gives it to every connection accepted from it.
+/// Without it, a large answer written in several pieces waits on the client's delayed ACK
+/// (up to 40 ms per piece).
+pub fn set_nodelay(listener: &std::net::TcpListener) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor, and a pointer to a c_int with its exact size.
+    let status = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -54,14 +54,31 @@ pub enum SocketKind {
 #[derive(Debug, Clone)]
 pub struct Mailbox {
     queue: Sender<Frame>,
+    capacity: usize,
     signal: Arc<Signal>,
 }
 
 impl Mailbox {
     /// A mailbox holding at most `capacity` undelivered messages, and its receiving end.
     pub fn new(capacity: usize, signal: Arc<Signal>) -> (Mailbox, Receiver<Frame>) {
-        let (queue, inbox) = crossbeam_channel::bounded(capacity);
-        (Mailbox { queue, signal }, inbox)
+        // An unbounded channel bounded by hand: crossbeam's bounded channel allocates and
+        // writes every slot up front (40 KiB for 1,024), for every idle socket.
+        let (queue, inbox) = crossbeam_channel::unbounded();
+        let mailbox = Mailbox {
+            queue,
+            capacity,
+            signal,
+        };
+        (mailbox, inbox)
+    }
+
+    /// Queues `frame` unless `capacity` messages are already waiting. Only the hub sends, under
+    /// its lock, so the length cannot grow between the check and the send.
+    fn try_send(&self, frame: Frame) -> Result<(), TrySendError<Frame>> {
+        if self.queue.len() >= self.capacity {
+            return Err(TrySendError::Full(frame));
+        }
+        self.queue.try_send(frame)
     }
 }
 
@@ -291,7 +308,7 @@ impl Hub {
         for service in &syncs {
             let membership = state.mirror.membership(service);
             let frame = message::service_event(service, KeyEvent::Sync, membership.json());
-            if mailbox.queue.try_send(frame).is_err() {
+            if mailbox.try_send(frame).is_err() {
                 return Err(Error::Internal(
                     "socket queue is too small for its SYNC".into(),
                 ));
@@ -393,7 +410,7 @@ impl State {
                 continue;
             };
             let mailbox = &subscriber.mailbox;
-            match mailbox.queue.try_send(frame.clone()) {
+            match mailbox.try_send(frame.clone()) {
                 Ok(()) => {
                     metrics::MESSAGES_SENT.add(1);
                     // One wake per burst: a queue that already held messages has a wake pending.

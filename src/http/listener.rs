@@ -5,8 +5,8 @@
 //! it through `recv`; when a descriptor runs out just after an accept instead, the thread panics
 //! inside tiny_http and reports nothing. Either way the port would accept nothing ever again. So
 //! besides reacting to the reported error, an accept check connects to the port every
-//! `CHECK_INTERVAL` and looks for that connection among our descriptors; if it was not
-//! accepted, the server is replaced. A replaced server is retired, not dropped at once: its
+//! `CHECK_INTERVAL` and looks for that connection among our descriptors; if two in a row were
+//! not accepted, the server is replaced. A replaced server is retired, not dropped at once: its
 //! connections may still deliver requests, and the workers keep taking them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -24,8 +24,11 @@ const RECV_WAIT: Duration = Duration::from_millis(250);
 /// Restarts come at most this often, so a descriptor shortage does not spin.
 const REVIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the accept check runs, and how long it waits to see its connection accepted.
-const CHECK_INTERVAL: Duration = Duration::from_secs(2);
-const CHECK_WAIT: Duration = Duration::from_secs(1);
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const CHECK_WAIT: Duration = Duration::from_secs(2);
+/// Checks that must fail in a row before the server is replaced: under a burst of connections
+/// one check can wait behind thousands of others.
+const CHECK_FAILURES: u32 = 2;
 /// How long a replaced server's connections are still served.
 const RETIREMENT: Duration = Duration::from_secs(60);
 
@@ -47,6 +50,7 @@ pub struct Listener {
 impl Listener {
     pub fn bind(addr: SocketAddr) -> std::io::Result<Listener> {
         let socket = TcpListener::bind(addr)?;
+        fds::set_nodelay(&socket)?;
         let local_addr = socket.local_addr()?;
         let server = serve_clone(&socket)?;
         Ok(Listener {
@@ -70,9 +74,23 @@ impl Listener {
             .name("accept-check".into())
             .stack_size(64 * 1024)
             .spawn(move || {
+                let mut failures = 0;
                 while !listener.stopping.load(Ordering::Relaxed) {
-                    std::thread::sleep(CHECK_INTERVAL);
-                    listener.check_accepting();
+                    // After a failed check, check again at once.
+                    if failures == 0 {
+                        std::thread::sleep(CHECK_INTERVAL);
+                    }
+                    let number = listener.generation();
+                    if listener.accepts() {
+                        failures = 0;
+                    } else {
+                        failures += 1;
+                        if failures >= CHECK_FAILURES {
+                            failures = 0;
+                            let why = "test connections were not accepted";
+                            listener.revive(number, why);
+                        }
+                    }
                 }
             })
             .map(|_| ())
@@ -111,21 +129,23 @@ impl Listener {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Connects to the port and looks for the connection among ours; if tiny_http did not
-    /// accept it, its accept thread is gone.
-    fn check_accepting(&self) {
-        let number = self
-            .current
+    fn generation(&self) -> u64 {
+        self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .number;
+            .number
+    }
+
+    /// Connects to the port and looks for the connection among ours: false if tiny_http did
+    /// not accept it in time (its accept thread may be gone). True when nothing can be judged.
+    fn accepts(&self) -> bool {
         let target = SocketAddr::new(reachable(self.local_addr.ip()), self.local_addr.port());
         // Out of descriptors (or the backlog is full): nothing can be judged now.
         let Ok(probe) = TcpStream::connect_timeout(&target, CHECK_WAIT) else {
-            return;
+            return true;
         };
         let Ok(probe_addr) = probe.local_addr() else {
-            return;
+            return true;
         };
         let deadline = Instant::now() + CHECK_WAIT;
         while Instant::now() < deadline {
@@ -138,11 +158,11 @@ impl Listener {
                 ControlFlow::Continue(())
             });
             if accepted {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.revive(number, "a test connection was not accepted within 1 s");
+        false
     }
 
     /// Replaces generation `dead` unless another thread already did, retiring it. Retries until

@@ -53,6 +53,8 @@ impl Signal {
         }
         // SAFETY: see above: `fd` is fresh and owned by nobody else.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Not a connection: descriptor scans need not `dup` it to find that out.
+        crate::fds::claim(&[fd]);
         Ok(Signal {
             wake: File::from(owned),
             close: AtomicU16::new(0),
@@ -93,6 +95,13 @@ impl Signal {
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.wake.as_fd()
+    }
+}
+
+impl Drop for Signal {
+    fn drop(&mut self) {
+        // Released before the field closes the descriptor (see `fds::release`).
+        crate::fds::release(&[self.wake.as_raw_fd()]);
     }
 }
 
