@@ -13,8 +13,8 @@
 //!
 //! WebSockets are not its business: their threads ping them, and their descriptors are claimed.
 
-use std::collections::HashSet;
-use std::net::{Shutdown, TcpStream};
+use std::collections::{HashMap, HashSet};
+use std::net::{Shutdown, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,16 +56,18 @@ pub fn start(port: u16, idle: Duration, stop: Arc<AtomicBool>) -> std::io::Resul
 }
 
 fn sweep(port: u16, idle: Duration) -> std::io::Result<()> {
-    let mut open: Vec<(TcpStream, Activity)> = Vec::new();
+    // Only what the kernel says is kept past the scan: a duplicate descriptor outliving it could
+    // be taken by a concurrent claim for tiny_http's, and stay claimed after it is closed.
+    let mut open: Vec<(SocketAddr, Activity)> = Vec::new();
     let mut peers = HashSet::new();
     fds::for_each_connection(port, |_, stream| {
         // tiny_http holds each connection twice (a read and a write clone): count it once.
-        let new_peer = stream.peer_addr().is_ok_and(|peer| peers.insert(peer));
-        if new_peer
+        if let Ok(peer) = stream.peer_addr()
+            && peers.insert(peer)
             && let Ok(activity) = fds::activity(&stream)
             && activity.established
         {
-            open.push((stream, activity));
+            open.push((peer, activity));
         }
         ControlFlow::Continue(())
     })?;
@@ -73,39 +75,40 @@ fn sweep(port: u16, idle: Duration) -> std::io::Result<()> {
     let (expired, mut open): (Vec<_>, Vec<_>) = open
         .into_iter()
         .partition(|(_, a)| a.since_received >= idle || a.since_sent >= idle * 2);
-    for (stream, activity) in &expired {
-        drop_connection(stream, activity, "timed out");
-    }
+    let mut victims: HashMap<SocketAddr, &'static str> = expired
+        .iter()
+        .map(|(peer, _)| (*peer, "timed out"))
+        .collect();
     let starving = open
         .iter()
         .filter(|(_, a)| a.unread > 0 && a.since_received >= STARVING)
         .count();
-    if starving == 0 {
+    if starving > 0 {
+        // Idle keep-alive connections (answered, quiet since) and silent ones (never sent a
+        // byte) hold a tiny_http thread each; a connection being answered by hound (received,
+        // not yet answered) is never evicted.
+        open.retain(|(_, a)| {
+            let silent = a.received == 0 && a.since_received >= EVICTABLE_SILENT;
+            let idle_keep_alive = a.answered
+                && a.since_received >= EVICTABLE_ANSWERED
+                && a.since_sent >= EVICTABLE_ANSWERED;
+            a.unread == 0 && (silent || idle_keep_alive)
+        });
+        open.sort_by_key(|(_, a)| std::cmp::Reverse(a.since_received));
+        for (peer, _) in open.iter().take(starving) {
+            victims.insert(*peer, "idle while another waits for a thread");
+        }
+    }
+    if victims.is_empty() {
         return Ok(());
     }
-    // Idle keep-alive connections (answered, quiet since) and silent ones (never sent a byte)
-    // hold a tiny_http thread each; a connection being answered by hound (received, not yet
-    // answered) is never evicted.
-    open.retain(|(_, a)| {
-        let silent = a.received == 0 && a.since_received >= EVICTABLE_SILENT;
-        let idle_keep_alive = a.answered
-            && a.since_received >= EVICTABLE_ANSWERED
-            && a.since_sent >= EVICTABLE_ANSWERED;
-        a.unread == 0 && (silent || idle_keep_alive)
-    });
-    open.sort_by_key(|(_, a)| std::cmp::Reverse(a.since_received));
-    for (stream, activity) in open.iter().take(starving) {
-        drop_connection(stream, activity, "idle while another waits for a thread");
-    }
-    Ok(())
-}
-
-fn drop_connection(stream: &TcpStream, activity: &Activity, why: &str) {
-    log::debug!(
-        "dropping HTTP connection from {:?}: {why} (quiet {:?} in, {:?} out)",
-        stream.peer_addr(),
-        activity.since_received,
-        activity.since_sent
-    );
-    let _ = stream.shutdown(Shutdown::Both);
+    fds::for_each_connection(port, |_, stream| {
+        if let Ok(peer) = stream.peer_addr()
+            && let Some(why) = victims.remove(&peer)
+        {
+            log::debug!("dropping HTTP connection from {peer}: {why}");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        ControlFlow::Continue(())
+    })
 }
