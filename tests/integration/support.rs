@@ -541,21 +541,7 @@ impl EtcdClient {
     const CALL: Duration = Duration::from_secs(5);
 
     pub fn connect(url: &str) -> EtcdClient {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build tokio runtime");
-        let client = runtime
-            .block_on(async {
-                tokio::time::timeout(
-                    Self::CALL,
-                    etcd_client::Client::connect([url.to_owned()], None),
-                )
-                .await
-            })
-            .unwrap_or_else(|_| panic!("connecting to etcd at {url} timed out"))
-            .unwrap_or_else(|err| panic!("cannot connect to etcd at {url}: {err}"));
-        EtcdClient { runtime, client }
+        EtcdClient::connect_with(url, etcd_client::ConnectOptions::new())
     }
 
     fn call<T, F>(&mut self, what: &str, call: impl FnOnce(etcd_client::Client) -> F) -> T
