@@ -127,16 +127,37 @@ pub(super) async fn serve(
 /// Keeps the client's balanced channel to the members that answer. etcd-client balances over
 /// every endpoint it was given and keeps sending some requests to a dead one, so each member is
 /// probed on its own every second: one that stops answering is taken out of the channel (never
-/// the last), and put back when it answers again.
+/// the last), and put back when it answers again — as a member of the same cluster as the
+/// others. An address that answers for another cluster (a member replaced by a stranger, a
+/// port reused) stays out, or hound would register nodes where nobody watches.
 async fn track_endpoints(client: Client, settings: Rc<Settings>) {
     let mut probes: Vec<Option<Client>> = vec![None; settings.endpoints.len()];
     let mut in_channel = vec![true; settings.endpoints.len()];
+    let mut warned_stranger = vec![false; settings.endpoints.len()];
+    let mut cluster: Option<u64> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut answers = Vec::with_capacity(settings.endpoints.len());
         for (i, endpoint) in settings.endpoints.iter().enumerate() {
-            let answers = probe_endpoint(&mut probes[i], endpoint, &settings).await;
+            answers.push(probe_endpoint(&mut probes[i], endpoint, &settings).await);
+        }
+        // The cluster is what most members say it is (on a tie, what it was), so a whole
+        // cluster that was replaced (restored from a backup, say) is followed, while one
+        // stray address is not.
+        cluster = most_common(answers.iter().flatten().copied(), cluster).or(cluster);
+        for (i, endpoint) in settings.endpoints.iter().enumerate() {
+            let stranger = answers[i].is_some() && answers[i] != cluster;
+            if stranger && !warned_stranger[i] {
+                log::warn!(
+                    "etcd at {endpoint} answers for another cluster ({:x}, not {:x}); not using it",
+                    answers[i].unwrap_or_default(),
+                    cluster.unwrap_or_default()
+                );
+            }
+            warned_stranger[i] = stranger;
+            let usable = answers[i].is_some() && !stranger;
             let live = in_channel.iter().filter(|&&used| used).count();
-            if !answers && in_channel[i] && live > 1 {
+            if !usable && in_channel[i] && live > 1 {
                 match client.remove_endpoint(endpoint).await {
                     Ok(()) => {
                         log::warn!("etcd member {endpoint} does not answer; using the others");
@@ -144,7 +165,7 @@ async fn track_endpoints(client: Client, settings: Rc<Settings>) {
                     }
                     Err(err) => log::debug!("cannot set {endpoint} aside: {err}"),
                 }
-            } else if answers && !in_channel[i] {
+            } else if usable && !in_channel[i] {
                 match client.add_endpoint(endpoint).await {
                     Ok(()) => {
                         log::info!("etcd member {endpoint} answers again");
@@ -157,22 +178,48 @@ async fn track_endpoints(client: Client, settings: Rc<Settings>) {
     }
 }
 
-/// Whether one member answers a status request within a second, through a client of its own.
-async fn probe_endpoint(probe: &mut Option<Client>, endpoint: &str, settings: &Settings) -> bool {
+/// The value seen most often, if any; among equals `preferred`, else the first seen.
+fn most_common(values: impl Iterator<Item = u64>, preferred: Option<u64>) -> Option<u64> {
+    let mut counts: Vec<(u64, usize)> = Vec::new();
+    for value in values {
+        match counts.iter_mut().find(|(seen, _)| *seen == value) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((value, 1)),
+        }
+    }
+    let best = counts.iter().map(|&(_, count)| count).max()?;
+    let mut leaders = counts
+        .into_iter()
+        .filter(|&(_, count)| count == best)
+        .map(|(value, _)| value);
+    let first = leaders.next();
+    if preferred.is_some() && (first == preferred || leaders.any(|value| Some(value) == preferred))
+    {
+        preferred
+    } else {
+        first
+    }
+}
+
+/// The cluster id one member reports when asked for its status within a second, through a
+/// client of its own; `None` if it does not answer.
+async fn probe_endpoint(
+    probe: &mut Option<Client>,
+    endpoint: &str,
+    settings: &Settings,
+) -> Option<u64> {
     if probe.is_none() {
         let connect = Client::connect([endpoint], Some(connect_options(settings)));
         match tokio::time::timeout(Duration::from_secs(1), connect).await {
             Ok(Ok(client)) => *probe = Some(client),
-            _ => return false,
+            _ => return None,
         }
     }
-    let Some(client) = probe.as_mut() else {
-        return false;
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), client.status()).await,
-        Ok(Ok(_))
-    )
+    let client = probe.as_mut()?;
+    match tokio::time::timeout(Duration::from_secs(1), client.status()).await {
+        Ok(Ok(status)) => Some(status.header().map_or(0, |h| h.cluster_id())),
+        _ => None,
+    }
 }
 
 fn connect_options(settings: &Settings) -> ConnectOptions {
@@ -487,5 +534,19 @@ async fn keep_lease_alive(
             }
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_common;
+
+    #[test]
+    fn the_cluster_is_what_most_members_say_and_on_a_tie_what_it_was() {
+        assert_eq!(most_common([7, 9, 7].into_iter(), None), Some(7));
+        assert_eq!(most_common([9, 7, 7].into_iter(), Some(9)), Some(7));
+        assert_eq!(most_common([9, 7].into_iter(), Some(7)), Some(7));
+        assert_eq!(most_common([9, 7].into_iter(), None), Some(9));
+        assert_eq!(most_common(std::iter::empty(), Some(7)), None);
     }
 }

@@ -416,3 +416,49 @@ fn losing_the_member_hound_talks_to_loses_no_registration() {
 fn losing_the_etcd_leader_loses_no_registration() {
     survives_losing_a_member(Victim::Leader);
 }
+
+/// A dead member's address taken over by a stranger — another cluster's etcd on the same
+/// port — is not put back into use: registrations keep landing in hound's own cluster.
+#[test]
+fn a_dead_members_address_answering_for_another_cluster_is_not_used() {
+    let _w = watchdog();
+    let mut cluster = EtcdCluster::start(3);
+    let hound = Hound::builder_for_url(&cluster.urls()).start();
+    let mut first = register(&hound, "api", "10.0.0.1", 80);
+    expect_message(&mut first, &key_event("api", "SYNC", &[("10.0.0.1", 80)]));
+
+    let doomed = 0;
+    let port = cluster.member(doomed).client_port();
+    cluster.member_mut(doomed).kill();
+    poll_until(
+        Duration::from_secs(10),
+        "hound to set the dead member aside",
+        || hound.stderr().contains("does not answer; using the others"),
+    );
+    let stranger = Etcd::start_on(port);
+    poll_until(
+        Duration::from_secs(10),
+        "hound to notice the stranger on the dead member's address",
+        || hound.stderr().contains("answers for another cluster"),
+    );
+
+    let mut sockets = Vec::new();
+    for n in 0..12u16 {
+        sockets.push(register(&hound, "api", "10.0.1.1", 100 + n));
+    }
+    let mut survivor = cluster.member(1).client();
+    let mut outsider = stranger.client();
+    for n in 0..12u16 {
+        let key = hound.key("api", &format!("10.0.1.1:{}", 100 + n));
+        assert!(
+            survivor.get(&key).is_some(),
+            "registration #{n} is not in hound's cluster"
+        );
+    }
+    assert_eq!(
+        outsider.get_prefix(&hound.prefix()),
+        Vec::new(),
+        "hound wrote into the stranger's cluster"
+    );
+    assert_eq!(hound.get("/healthz").status, 200);
+}

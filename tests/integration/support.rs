@@ -111,12 +111,42 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port for an etcd member: free a moment ago, never handed out before in this
+/// test run, and below the kernel's ephemeral range.
+///
+/// Tests kill and restart etcd members and run in parallel. A port taken from the ephemeral
+/// range (`bind(0)`) can, once its member is killed, be handed by the kernel to another test's
+/// hound (`-p 0`) or to an outgoing connection, and a port handed out twice can be squatted by
+/// another test's etcd: the dead member would then seem to answer again, as a stranger.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind a free port")
-        .port()
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    assert!(
+        ephemeral_low > low + 1_000,
+        "the ephemeral port range starts at {ephemeral_low}, leaving no room below it"
+    );
+    let mut next = NEXT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Start at a place that depends on the process, so two test binaries running at once
+    // (say, tests and a benchmark) are unlikely to walk the same ports.
+    let mut port =
+        next.unwrap_or_else(|| low + (std::process::id() % u32::from(ephemeral_low - low)) as u16);
+    for _ in low..ephemeral_low {
+        let candidate = port;
+        port = if port + 1 >= ephemeral_low {
+            low
+        } else {
+            port + 1
+        };
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            *next = Some(port);
+            return candidate;
+        }
+    }
+    panic!("no free loopback port between {low} and {ephemeral_low}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,6 +245,16 @@ impl Etcd {
 
     /// Starts etcd and waits until it answers `/health`.
     pub fn start() -> Etcd {
+        Etcd::start_with(None)
+    }
+
+    /// Starts a new single-member cluster on `client_port` (the address of a killed member,
+    /// say) and waits until it answers `/health`.
+    pub fn start_on(client_port: u16) -> Etcd {
+        Etcd::start_with(Some(client_port))
+    }
+
+    fn start_with(client_port: Option<u16>) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("hound-test-etcd-")
             .tempdir()
@@ -229,7 +269,7 @@ impl Etcd {
         };
         let mut last_log = String::new();
         for _attempt in 0..5 {
-            etcd.client_port = free_port();
+            etcd.client_port = client_port.unwrap_or_else(free_port);
             etcd.peer_port = free_port();
             if etcd.client_port != etcd.peer_port && etcd.launch() {
                 return etcd;
@@ -328,6 +368,11 @@ impl Etcd {
     /// The member's name (`default` for a single member).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The port clients connect to.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
     }
 
     /// The client URL, e.g. `http://127.0.0.1:41234`.
