@@ -19,8 +19,9 @@ const HTTP_WORKERS: usize = 4;
 /// The whole shutdown must fit in 5 s even with etcd gone.
 const DEREGISTER_BUDGET: Duration = Duration::from_millis(2500);
 const SOCKET_CLOSE_BUDGET: Duration = Duration::from_millis(1500);
-/// Descriptors kept back from the connection cap for etcd, the listener and files.
-const FD_RESERVE: u64 = 64;
+/// Descriptors kept back from the connection cap for etcd, the listener, files, and the
+/// descriptor searches' temporary duplicates (which fail, and lose a socket, if none is left).
+const FD_RESERVE: u64 = 256;
 
 /// What request handlers and socket threads share.
 #[derive(Debug)]
@@ -54,10 +55,10 @@ impl App {
                 1024
             }
         };
-        // Each WebSocket holds four descriptors (tiny_http's two, our duplicate, an eventfd);
-        // keep a reserve for etcd connections, the listener and files.
+        // Each WebSocket holds three descriptors (tiny_http's two, an eventfd), an HTTP
+        // connection two.
         let fd_budget =
-            usize::try_from(fd_limit.saturating_sub(FD_RESERVE) / 4).unwrap_or(usize::MAX);
+            usize::try_from(fd_limit.saturating_sub(FD_RESERVE) / 3).unwrap_or(usize::MAX);
         let max_connections = config.max_connections.unwrap_or(fd_budget).max(1);
         log::debug!("open file limit {fd_limit}; at most {max_connections} connections");
         let listener = Listener::bind(config.listen)

@@ -224,7 +224,7 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let store = Embedded::start(hub.clone(), 15, "service").unwrap();
         let signal = Arc::new(Signal::new().unwrap());
-        let (mailbox, inbox) = Mailbox::new(16, signal.clone());
+        let (mailbox, inbox) = Mailbox::new(16, Arc::default(), signal.clone());
         hub.subscribe(1, SocketKind::Register, vec!["api".into()], mailbox)
             .unwrap();
         let first = store.register("api", &node("10.0.0.1:80"), 1).unwrap();

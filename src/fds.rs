@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Descriptors that belong to upgraded WebSockets (tiny_http's and our duplicates). Searches
+/// Descriptors that belong to upgraded WebSockets (tiny_http's two per connection, eventfds). Searches
 /// skip them, so a search costs a directory read rather than a `dup` of every open connection.
 static CLAIMED: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
 
@@ -38,10 +38,16 @@ pub fn release(fds: &[RawFd]) {
 }
 
 /// Calls `visit` with a duplicate of every unclaimed TCP connection whose local port is
-/// `local_port`, until `visit` breaks.
+/// `local_port` (and the number it duplicates), until `visit` breaks.
+///
+/// Each duplicate is closed before the next directory entry is read. Otherwise the scan could
+/// meet its own duplicates further down the directory (a `dup` takes the lowest free number,
+/// often above the entry being visited) and report them as connections: numbers that are
+/// closed a moment later, which a claim would then keep skipping after the kernel hands them
+/// to a new connection.
 pub fn for_each_connection(
     local_port: u16,
-    mut visit: impl FnMut(RawFd, TcpStream) -> ControlFlow<()>,
+    mut visit: impl FnMut(RawFd, &TcpStream) -> ControlFlow<()>,
 ) -> io::Result<()> {
     // One scan at a time: a scan's temporary duplicates are descriptors too, with the same
     // peer as the connection they copy, and another scan must not take them for tiny_http's.
@@ -70,7 +76,13 @@ pub fn for_each_connection(
             && stream
                 .local_addr()
                 .is_ok_and(|addr| addr.port() == local_port);
-        if ours && visit(fd, stream).is_break() {
+        let flow = if ours {
+            visit(fd, &stream)
+        } else {
+            ControlFlow::Continue(())
+        };
+        drop(stream);
+        if flow.is_break() {
             break;
         }
     }
@@ -214,5 +226,36 @@ mod tests {
         }
         assert_eq!((after.received, after.unread), (2, 2));
         assert!(after.since_received < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_scan_reports_each_connection_once_and_never_its_own_duplicates() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut clients = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..8 {
+            clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+            servers.push(listener.accept().unwrap().0);
+        }
+        // Enough open files that the directory takes several reads, so duplicates made while
+        // visiting the first entries (numbered above every open file) could show up later.
+        let limit = raise_limit().unwrap();
+        let fillers: Vec<std::fs::File> = (0..limit.min(3_000) / 2)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let mut expected: Vec<RawFd> = servers.iter().map(|s| s.as_raw_fd()).collect();
+        expected.sort();
+        for _ in 0..20 {
+            let mut found = Vec::new();
+            for_each_connection(port, |fd, _| {
+                found.push(fd);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            found.sort();
+            assert_eq!(found, expected);
+        }
+        drop(fillers);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
 use crate::membership::{Membership, Mirror};
@@ -14,6 +14,7 @@ use crate::message::{self, BROADCAST_NAMESPACE, Frame, KeyEvent};
 use crate::metrics;
 use crate::names::{EVERY_SERVICE, Node};
 use crate::socket::signal::{Signal, close_code};
+use crate::socket::wire::{SendNow, Wire};
 
 /// Identifies one WebSocket for as long as hound runs.
 pub type SocketId = u64;
@@ -50,21 +51,36 @@ pub enum SocketKind {
     Monitor,
 }
 
-/// The sending half of a socket: its bounded queue and its doorbell.
+/// The sending half of a socket: its connection (once the handshake is done), its bounded
+/// queue and its doorbell.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
+    wire: Arc<Wire>,
     queue: Sender<Frame>,
     capacity: usize,
     signal: Arc<Signal>,
 }
 
+/// A message could not be handed to a socket.
+enum Undelivered {
+    /// `capacity` messages are already waiting: the client does not read.
+    Full,
+    /// The socket thread is gone.
+    Gone,
+}
+
 impl Mailbox {
     /// A mailbox holding at most `capacity` undelivered messages, and its receiving end.
-    pub fn new(capacity: usize, signal: Arc<Signal>) -> (Mailbox, Receiver<Frame>) {
+    pub fn new(
+        capacity: usize,
+        wire: Arc<Wire>,
+        signal: Arc<Signal>,
+    ) -> (Mailbox, Receiver<Frame>) {
         // An unbounded channel bounded by hand: crossbeam's bounded channel allocates and
         // writes every slot up front (40 KiB for 1,024), for every idle socket.
         let (queue, inbox) = crossbeam_channel::unbounded();
         let mailbox = Mailbox {
+            wire,
             queue,
             capacity,
             signal,
@@ -72,13 +88,33 @@ impl Mailbox {
         (mailbox, inbox)
     }
 
-    /// Queues `frame` unless `capacity` messages are already waiting. Only the hub sends, under
-    /// its lock, so the length cannot grow between the check and the send.
-    fn try_send(&self, frame: Frame) -> Result<(), TrySendError<Frame>> {
-        if self.queue.len() >= self.capacity {
-            return Err(TrySendError::Full(frame));
+    /// Writes `frame` to the connection at once if it can, without waiting (see
+    /// [`Wire::try_send_now`]); else queues it and wakes the socket thread, unless `capacity`
+    /// messages are already waiting. Only the hub sends, under its lock, so the length cannot
+    /// grow between the check and the send.
+    fn send(&self, frame: &Frame) -> Result<(), Undelivered> {
+        match self
+            .wire
+            .try_send_now(frame.wire(), || self.queue.is_empty())
+        {
+            SendNow::Sent => return Ok(()),
+            SendNow::Backlogged => {
+                self.signal.wake();
+                return Ok(());
+            }
+            SendNow::Queue => {}
         }
-        self.queue.try_send(frame)
+        if self.queue.len() >= self.capacity {
+            return Err(Undelivered::Full);
+        }
+        self.queue
+            .try_send(frame.clone())
+            .map_err(|_| Undelivered::Gone)?;
+        // One wake per burst: a queue that already held messages has a wake pending.
+        if self.queue.len() <= 1 {
+            self.signal.wake();
+        }
+        Ok(())
     }
 }
 
@@ -308,13 +344,12 @@ impl Hub {
         for service in &syncs {
             let membership = state.mirror.membership(service);
             let frame = message::service_event(service, KeyEvent::Sync, membership.json());
-            if mailbox.try_send(frame).is_err() {
+            if mailbox.send(&frame).is_err() {
                 return Err(Error::Internal(
                     "socket queue is too small for its SYNC".into(),
                 ));
             }
         }
-        mailbox.signal.wake();
         for service in &services {
             state
                 .subscribers
@@ -410,21 +445,15 @@ impl State {
                 continue;
             };
             let mailbox = &subscriber.mailbox;
-            match mailbox.try_send(frame.clone()) {
-                Ok(()) => {
-                    metrics::MESSAGES_SENT.add(1);
-                    // One wake per burst: a queue that already held messages has a wake pending.
-                    if mailbox.queue.len() <= 1 {
-                        mailbox.signal.wake();
-                    }
-                }
-                Err(TrySendError::Full(_)) => {
+            match mailbox.send(frame) {
+                Ok(()) => metrics::MESSAGES_SENT.add(1),
+                Err(Undelivered::Full) => {
                     metrics::SLOW_SOCKETS_CLOSED.add(1);
                     log::warn!("socket {id} does not read its messages; closing it (1013)");
                     mailbox.signal.request_close(close_code::TRY_AGAIN_LATER);
                     gone.push(*id);
                 }
-                Err(TrySendError::Disconnected(_)) => gone.push(*id),
+                Err(Undelivered::Gone) => gone.push(*id),
             }
         }
         for id in gone {
@@ -457,7 +486,7 @@ mod tests {
         capacity: usize,
     ) -> (SocketId, Receiver<Frame>, Arc<Signal>) {
         let signal = Arc::new(Signal::new().unwrap());
-        let (mailbox, inbox) = Mailbox::new(capacity, signal.clone());
+        let (mailbox, inbox) = Mailbox::new(capacity, Arc::default(), signal.clone());
         let id = hub.next_socket_id();
         hub.subscribe(
             id,
@@ -559,7 +588,7 @@ mod tests {
         let (_, _, signal) = socket(&hub, &["a"], 4);
         hub.close_all(close_code::GOING_AWAY);
         assert_eq!(signal.close_requested(), Some(close_code::GOING_AWAY));
-        let (mailbox, _) = Mailbox::new(4, Arc::new(Signal::new().unwrap()));
+        let (mailbox, _) = Mailbox::new(4, Arc::default(), Arc::new(Signal::new().unwrap()));
         assert!(
             hub.subscribe(99, SocketKind::Monitor, vec!["a".into()], mailbox)
                 .is_err()

@@ -1,6 +1,6 @@
 //! The JSON messages hound pushes to sockets, serialised once and shared by every recipient.
 
-use tungstenite::Utf8Bytes;
+use std::sync::Arc;
 
 use crate::names::Node;
 
@@ -28,8 +28,56 @@ impl KeyEvent {
     }
 }
 
-/// A serialised message, cheap to clone: every socket that receives it shares one buffer.
-pub type Frame = Utf8Bytes;
+/// A message as it goes on the wire: one complete WebSocket text frame. Frames a server sends
+/// are not masked, so the same bytes serve every socket; cloning shares them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    bytes: Arc<[u8]>,
+    header_len: usize,
+}
+
+impl Frame {
+    /// Frames `text` as one final text frame (RFC 6455, section 5.2).
+    pub fn text(text: &str) -> Frame {
+        let payload = text.as_bytes();
+        let mut bytes = Vec::with_capacity(payload.len() + 10);
+        bytes.push(0x81); // FIN, opcode 1 (text)
+        match payload.len() {
+            len @ 0..=125 => bytes.push(len as u8),
+            len @ 126..=0xFFFF => {
+                bytes.push(126);
+                bytes.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                bytes.push(127);
+                bytes.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        let header_len = bytes.len();
+        bytes.extend_from_slice(payload);
+        Frame {
+            bytes: bytes.into(),
+            header_len,
+        }
+    }
+
+    /// The whole frame, header included.
+    pub fn wire(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The message text.
+    pub fn as_str(&self) -> &str {
+        // The payload was a `&str` when the frame was made.
+        std::str::from_utf8(&self.bytes[self.header_len..]).unwrap_or_default()
+    }
+}
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        self.wire()
+    }
+}
 
 /// The namespace of a broadcast custom event.
 pub const BROADCAST_NAMESPACE: &str = "*";
@@ -54,24 +102,24 @@ pub fn nodes_json(nodes: &[&Node]) -> String {
 
 /// `{"namespace":S,"body":{"key_event":E,"services":[…]}}`.
 pub fn service_event(service: &str, event: KeyEvent, nodes_json: &str) -> Frame {
-    format!(
+    let text = format!(
         "{{\"namespace\":{},\"body\":{{\"key_event\":\"{}\",\"services\":{}}}}}",
         json_string(service),
         event.as_str(),
         nodes_json
-    )
-    .into()
+    );
+    Frame::text(&text)
 }
 
 /// `{"namespace":S,"body":{"event_type":T,"event_body":B}}`; S is `*` for a broadcast.
 pub fn custom_event(namespace: &str, event_type: &str, event_body: &str) -> Frame {
-    format!(
+    let text = format!(
         "{{\"namespace\":{},\"body\":{{\"event_type\":{},\"event_body\":{}}}}}",
         json_string(namespace),
         json_string(event_type),
         json_string(event_body)
-    )
-    .into()
+    );
+    Frame::text(&text)
 }
 
 /// A JSON string literal with every character escaped as JSON requires.
@@ -119,6 +167,22 @@ mod tests {
             parse(&frame),
             json!({"namespace":"*","body":{"event_type":"say \"hi\"","event_body":"line\nbreak\u{1}"}})
         );
+    }
+
+    #[test]
+    fn frames_carry_the_three_length_encodings() {
+        for len in [0usize, 125, 126, 0xFFFF, 0x10000] {
+            let text = "x".repeat(len);
+            let frame = Frame::text(&text);
+            let mut reader = std::io::Cursor::new(frame.wire().to_vec());
+            let parsed = tungstenite::protocol::frame::FrameHeader::parse(&mut reader)
+                .expect("a valid header")
+                .expect("a complete header");
+            assert_eq!(parsed.1, len as u64, "length of a {len}-byte frame");
+            assert!(parsed.0.is_final && parsed.0.mask.is_none());
+            assert_eq!(reader.position() as usize + len, frame.wire().len());
+            assert_eq!(frame.as_str(), text);
+        }
     }
 
     #[test]

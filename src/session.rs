@@ -19,6 +19,7 @@ use crate::metrics;
 use crate::names::Node;
 use crate::socket::signal::Signal;
 use crate::socket::stream::UpgradedStream;
+use crate::socket::wire::Wire;
 use crate::socket::{self, Ending, websocket_config};
 
 /// Stack of a socket thread. The loop is shallow; small stacks keep 10,000 sockets cheap.
@@ -114,7 +115,8 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
     };
     // Room for the SYNCs on top of the usual queue (a `*` socket gets one per service).
     let syncs = plan.services.len() + context.hub.service_count();
-    let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY + syncs, signal.clone());
+    let wire = Arc::new(Wire::default());
+    let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY + syncs, wire.clone(), signal.clone());
     let kind = if plan.registration.is_some() {
         SocketKind::Register
     } else {
@@ -127,7 +129,7 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
         respond_error(request, plan.route, &err);
         return;
     }
-    let ws = match handshake(request, &plan.accept_key, context.port, peer) {
+    let ws = match handshake(request, &plan.accept_key, context.port, peer, wire) {
         Ok(stream) => {
             metrics::count_request(plan.route, 101);
             WebSocket::from_raw_socket(stream, Role::Server, Some(websocket_config()))
@@ -154,12 +156,13 @@ fn handshake(
     accept_key: &str,
     port: u16,
     peer: SocketAddr,
+    wire: Arc<Wire>,
 ) -> Result<UpgradedStream, String> {
     let accept = Header::from_bytes(&b"Sec-WebSocket-Accept"[..], accept_key.as_bytes())
         .map_err(|()| "the accept key is not a valid header value".to_owned())?;
     let response = Response::empty(101).with_header(accept);
     let upgraded = request.upgrade("websocket", response);
-    UpgradedStream::claim(upgraded, port, peer).map_err(|err| err.to_string())
+    UpgradedStream::claim(upgraded, port, peer, wire).map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
@@ -192,7 +195,7 @@ mod tests {
                     };
                     context.store.register("api", &node, 7).unwrap();
                     let signal = Arc::new(Signal::new().unwrap());
-                    let (mailbox, _inbox) = Mailbox::new(4, signal);
+                    let (mailbox, _inbox) = Mailbox::new(4, Arc::default(), signal);
                     hub.subscribe(7, SocketKind::Register, vec!["api".into()], mailbox)
                         .unwrap();
                     assert_eq!(hub.service_names(), ["api"]);

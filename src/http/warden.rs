@@ -64,7 +64,7 @@ fn sweep(port: u16, idle: Duration) -> std::io::Result<()> {
         // tiny_http holds each connection twice (a read and a write clone): count it once.
         if let Ok(peer) = stream.peer_addr()
             && peers.insert(peer)
-            && let Ok(activity) = fds::activity(&stream)
+            && let Ok(activity) = fds::activity(stream)
             && activity.established
         {
             open.push((peer, activity));

@@ -6,6 +6,7 @@
 
 pub mod signal;
 pub mod stream;
+pub mod wire;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -62,34 +63,32 @@ pub fn serve(
     let mut next_ping = Instant::now() + ping_interval;
     let mut unanswered_pings = 0u32;
     let mut closing: Option<(u16, Instant)> = None;
-    let mut write_blocked = false;
+    let mut write_blocked;
     loop {
         // Outgoing: a close request wins over queued messages.
-        if closing.is_none() {
-            if let Some(code) = signal.close_requested() {
-                let frame = CloseFrame {
-                    code: code.into(),
-                    reason: close_code::reason(code).into(),
-                };
-                let _ = ws.close(Some(frame));
-                closing = Some((code, Instant::now() + CLOSE_GRACE));
-            } else if !write_blocked {
-                for frame in inbox.try_iter().take(WRITE_BATCH) {
-                    match ws.write(Message::Text(frame)) {
-                        Ok(()) => {}
-                        // The frame stays in tungstenite's buffer; the flush below notes the
-                        // block and the loop waits for the socket to drain.
-                        Err(tungstenite::Error::Io(err)) if would_block(&err) => break,
-                        Err(err) => return lost(closing, err),
-                    }
-                }
+        if closing.is_none()
+            && let Some(code) = signal.close_requested()
+        {
+            ws.get_ref().wire().close_for_data();
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: close_code::reason(code).into(),
+            };
+            let _ = ws.close(Some(frame));
+            closing = Some((code, Instant::now() + CLOSE_GRACE));
+        }
+        // tungstenite's frames (close, pong, ping) go to the wire first, then the queue.
+        if let Err(err) = ws.flush() {
+            return lost(closing, err);
+        }
+        let mut batch = 0;
+        write_blocked = ws.get_ref().wire().pump(|| {
+            batch += 1;
+            if batch > WRITE_BATCH {
+                return None;
             }
-        }
-        match ws.flush() {
-            Ok(()) => write_blocked = false,
-            Err(tungstenite::Error::Io(err)) if would_block(&err) => write_blocked = true,
-            Err(err) => return lost(closing, err),
-        }
+            inbox.try_recv().ok()
+        });
         // More already queued (a batch was cut short): go round without sleeping.
         let more_queued = !write_blocked && closing.is_none() && !inbox.is_empty();
 
@@ -143,10 +142,8 @@ pub fn serve(
             if unanswered_pings >= 2 {
                 return Ending::PeerLost("no pong for two ping intervals".into());
             }
-            match ws.write(Message::Ping(Default::default())) {
-                Ok(()) => {}
-                Err(tungstenite::Error::Io(err)) if would_block(&err) => write_blocked = true,
-                Err(err) => return lost(closing, err),
+            if let Err(err) = ws.write(Message::Ping(Default::default())) {
+                return lost(closing, err);
             }
             unanswered_pings += 1;
             next_ping = now + ping_interval;
