@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod names;
 pub mod session;
 pub mod socket;
+pub mod stack;
 pub mod store;
 
 pub use app::App;

@@ -6,6 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
 use tiny_http::{Header, Request, Response};
 use tungstenite::WebSocket;
 use tungstenite::protocol::Role;
@@ -15,6 +16,7 @@ use crate::error::Error;
 use crate::http::respond_error;
 use crate::http::upgrade::SocketPlan;
 use crate::hub::{Mailbox, SocketId, SocketKind};
+use crate::message::Frame;
 use crate::metrics;
 use crate::names::Node;
 use crate::socket::signal::Signal;
@@ -32,6 +34,8 @@ const MIRROR_WAIT: Duration = Duration::from_secs(5);
 /// Moves a validated upgrade to its own thread.
 pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
     let id = context.hub.next_socket_id();
+    // Boxed so the thread's first frames, which live as long as the socket, stay small.
+    let setup = Box::new((request, plan));
     let spawned = std::thread::Builder::new()
         .name(format!("socket-{id}"))
         .stack_size(SOCKET_STACK)
@@ -41,7 +45,14 @@ pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
                 id,
                 registration: None,
             };
-            let outcome = catch_unwind(AssertUnwindSafe(|| run(&mut cleanup, request, &plan)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                if let Some(open) = open(&mut cleanup, setup) {
+                    // The set-up's deep frames are gone; the loop below runs for the socket's
+                    // whole life in a few shallow pages.
+                    crate::stack::release_unused();
+                    serve(open, id, context.ping_interval);
+                }
+            }));
             if outcome.is_err() {
                 log::error!("socket {id} panicked; it is closed and deregistered");
             }
@@ -68,7 +79,21 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
+/// A socket past its handshake, ready to serve.
+struct Open {
+    ws: WebSocket<UpgradedStream>,
+    inbox: Receiver<Frame>,
+    signal: Arc<Signal>,
+    peer: SocketAddr,
+}
+
+/// Registers (for the register route), subscribes and completes the handshake; `None` if the
+/// socket could not be opened (the client got its answer). Never inlined: its frames are deep
+/// and must be gone before the socket settles into its loop.
+#[inline(never)]
+fn open(cleanup: &mut Cleanup<'_>, setup: Box<(Request, SocketPlan)>) -> Option<Open> {
+    let (request, plan) = *setup;
+    let plan = &plan;
     let context = cleanup.context;
     let id = cleanup.id;
     let Some(peer) = request.remote_addr().copied() else {
@@ -77,7 +102,7 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
             plan.route,
             &Error::BadRequest("no peer address".into()),
         );
-        return;
+        return None;
     };
     if let Some((service, node)) = &plan.registration {
         // Armed before the attempt: if etcd answers after we gave up, the deregistration the
@@ -88,19 +113,19 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
             Err(err) => {
                 log::warn!("could not register {service}/{node} for {peer}: {err}");
                 respond_error(request, plan.route, &err);
-                return;
+                return None;
             }
         };
         if !context.hub.wait_for_revision(revision, MIRROR_WAIT) {
             let err = Error::Unavailable("hound's watch did not catch up with etcd".into());
             respond_error(request, plan.route, &err);
-            return;
+            return None;
         }
     }
     if !context.hub.wait_for_revision(1, MIRROR_WAIT) {
         let err = Error::Unavailable("hound has not read the service namespace yet".into());
         respond_error(request, plan.route, &err);
-        return;
+        return None;
     }
     let signal = match Signal::new() {
         Ok(signal) => Arc::new(signal),
@@ -110,7 +135,7 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
                 plan.route,
                 &Error::Internal(format!("cannot create an eventfd: {err}")),
             );
-            return;
+            return None;
         }
     };
     // Room for the SYNCs on top of the usual queue (a `*` socket gets one per service).
@@ -127,7 +152,7 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
         .subscribe(id, kind, plan.services.clone(), mailbox)
     {
         respond_error(request, plan.route, &err);
-        return;
+        return None;
     }
     let ws = match handshake(request, &plan.accept_key, context.port, peer, wire) {
         Ok(stream) => {
@@ -136,17 +161,27 @@ fn run(cleanup: &mut Cleanup<'_>, request: Request, plan: &SocketPlan) {
         }
         Err(err) => {
             log::error!("socket {id} from {peer}: {err}");
-            return;
+            return None;
         }
     };
     log::debug!(
         "socket {id} from {peer} open, subscribed to {:?}",
         plan.services
     );
-    let ending = socket::serve(ws, inbox, &signal, context.ping_interval);
+    Some(Open {
+        ws,
+        inbox,
+        signal,
+        peer,
+    })
+}
+
+/// Serves an open socket until it ends.
+fn serve(open: Open, id: SocketId, ping_interval: Duration) {
+    let ending = socket::serve(open.ws, open.inbox, &open.signal, ping_interval);
     match ending {
-        Ending::PeerLost(why) => log::info!("socket {id} from {peer} lost: {why}"),
-        other => log::debug!("socket {id} from {peer} ended: {other:?}"),
+        Ending::PeerLost(why) => log::info!("socket {id} from {} lost: {why}", open.peer),
+        other => log::debug!("socket {id} from {} ended: {other:?}", open.peer),
     }
 }
 

@@ -43,7 +43,7 @@ pub enum Ending {
 /// and a 64 KiB limit on what a client may send.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(256)
         .write_buffer_size(16 * 1024)
         .max_frame_size(Some(MAX_CLIENT_MESSAGE))
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
