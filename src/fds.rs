@@ -40,11 +40,15 @@ pub fn release(fds: &[RawFd]) {
 /// Calls `visit` with a duplicate of every unclaimed TCP connection whose local port is
 /// `local_port` (and the number it duplicates), until `visit` breaks.
 ///
-/// Each duplicate is closed before the next directory entry is read. Otherwise the scan could
-/// meet its own duplicates further down the directory (a `dup` takes the lowest free number,
-/// often above the entry being visited) and report them as connections: numbers that are
-/// closed a moment later, which a claim would then keep skipping after the kernel hands them
-/// to a new connection.
+/// Which numbers are open is asked of the kernel in one `poll` per few thousand numbers (an
+/// unused number answers `POLLNVAL`), skipping claimed ones without a system call: listing
+/// `/proc/self/fd` instead costs a directory entry, and a dentry, for every descriptor,
+/// thousands of claimed WebSocket descriptors included, several times a second.
+///
+/// Each duplicate is closed before the next number is looked at, so a scan never meets its own
+/// duplicates (a `dup` takes the lowest free number, which may lie ahead) and reports them as
+/// connections: numbers closed a moment later, which a claim would keep skipping after the
+/// kernel hands them to a new connection.
 pub fn for_each_connection(
     local_port: u16,
     mut visit: impl FnMut(RawFd, &TcpStream) -> ControlFlow<()>,
@@ -52,20 +56,9 @@ pub fn for_each_connection(
     // One scan at a time: a scan's temporary duplicates are descriptors too, with the same
     // peer as the connection they copy, and another scan must not take them for tiny_http's.
     let _one_at_a_time = SCAN.lock().unwrap_or_else(|p| p.into_inner());
-    let known = claimed().clone().unwrap_or_default();
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        let Some(fd) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        if fd <= 2 || known.contains(&fd) {
-            continue;
-        }
+    for fd in open_unclaimed_descriptors()? {
         // SAFETY: the borrow lives only for the `dup` below. If another thread closed `fd`
-        // since the directory was read, `dup` fails with EBADF; if the number was reused, we
+        // since it was seen open, `dup` fails with EBADF; if the number was reused, we
         // duplicate some other file, whose addresses will not match, and drop it.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let Ok(duplicate) = borrowed.try_clone_to_owned() else {
@@ -89,6 +82,50 @@ pub fn for_each_connection(
     Ok(())
 }
 
+/// The numbers above stderr that are open now and not claimed.
+fn open_unclaimed_descriptors() -> io::Result<Vec<RawFd>> {
+    /// Numbers asked about per `poll`, at most; poll refuses more entries than the
+    /// descriptor limit, which may be lower.
+    const CHUNK: usize = 1024;
+    let chunk_len = usize::try_from(soft_limit()?).map_or(CHUNK, |limit| limit.clamp(1, CHUNK));
+    let end = descriptor_table_size()?;
+    let mut candidates: Vec<libc::pollfd> = {
+        let claimed = claimed();
+        (3..end)
+            .filter(|fd| !claimed.as_ref().is_some_and(|set| set.contains(fd)))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: 0,
+                revents: 0,
+            })
+            .collect()
+    };
+    for chunk in candidates.chunks_mut(chunk_len) {
+        // SAFETY: `chunk` is a valid, exclusively borrowed array of `chunk.len()` pollfd; a
+        // zero timeout never blocks.
+        let status = unsafe { libc::poll(chunk.as_mut_ptr(), chunk.len() as libc::nfds_t, 0) };
+        if status < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(candidates
+        .iter()
+        .filter(|entry| entry.revents & libc::POLLNVAL == 0)
+        .map(|entry| entry.fd)
+        .collect())
+}
+
+/// One past the highest descriptor number this process can have open now: the size of its
+/// descriptor table (`FDSize` in `/proc/self/status`), which never shrinks.
+fn descriptor_table_size() -> io::Result<RawFd> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("FDSize:"))
+        .and_then(|size| size.trim().parse::<RawFd>().ok())
+        .ok_or_else(|| io::Error::other("no FDSize in /proc/self/status"))
+}
+
 /// Sets TCP_NODELAY on a listening socket; Linux gives it to every connection accepted from it.
 /// Without it, a large answer written in several pieces waits on the client's delayed ACK
 /// (up to 40 ms per piece).
@@ -110,9 +147,8 @@ pub fn set_nodelay(listener: &std::net::TcpListener) -> io::Result<()> {
     Ok(())
 }
 
-/// Raises the soft limit on open descriptors to the hard limit (each WebSocket holds three)
-/// and returns the new soft limit.
-pub fn raise_limit() -> io::Result<u64> {
+/// The soft and hard limits on open descriptors.
+fn limits() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -121,6 +157,18 @@ pub fn raise_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(limit)
+}
+
+/// The soft limit on open descriptors.
+fn soft_limit() -> io::Result<u64> {
+    limits().map(|limit| limit.rlim_cur)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (each WebSocket holds three)
+/// and returns the new soft limit.
+pub fn raise_limit() -> io::Result<u64> {
+    let mut limit = limits()?;
     if limit.rlim_cur < limit.rlim_max {
         limit.rlim_cur = limit.rlim_max;
         // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one is allowed.
@@ -238,8 +286,8 @@ mod tests {
             clients.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
             servers.push(listener.accept().unwrap().0);
         }
-        // Enough open files that the directory takes several reads, so duplicates made while
-        // visiting the first entries (numbered above every open file) could show up later.
+        // Many open files, so the scan's own duplicates are numbered above the connections,
+        // where a scan that looked at numbers opened after it started would meet them.
         let limit = raise_limit().unwrap();
         let fillers: Vec<std::fs::File> = (0..limit.min(3_000) / 2)
             .map(|_| std::fs::File::open("/dev/null").unwrap())
