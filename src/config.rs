@@ -40,6 +40,7 @@ Options:
       --allow-origin ORIGINS   comma-separated browser origins allowed
                                besides hound's own host          [env HOUND_ALLOW_ORIGIN]
       --log-level LEVEL        error, warn, info, debug, trace   [env HOUND_LOG, default info]
+      --log-format FORMAT      text, or json (one object a line) [env HOUND_LOG_FORMAT, default text]
   -r, --routes                 print the routes and exit
   -v, --version                print the version and exit
   -h, --help                   print this help and exit
@@ -73,6 +74,16 @@ pub struct Config {
     /// Past this many open connections requests get 503; `None` derives it from the fd limit.
     pub max_connections: Option<usize>,
     pub log_level: LevelFilter,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `16:02:11 [INFO] registered …`, for people.
+    Text,
+    /// `{"time":"…","level":"INFO","message":"registered …"}`, for log shippers.
+    Json,
 }
 
 /// How hound proves itself to etcd: PEM contents read at start-up, and credentials.
@@ -116,6 +127,7 @@ struct RawArgs {
     max_connections: Option<String>,
     allow_origin: Option<String>,
     log_level: Option<String>,
+    log_format: Option<String>,
 }
 
 /// Parses `args` (without the program name), falling back to `env` for each unset flag.
@@ -148,6 +160,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         max_connections: flag(&mut args, "--max-connections")?,
         allow_origin: flag(&mut args, "--allow-origin")?,
         log_level: flag(&mut args, "--log-level")?,
+        log_format: flag(&mut args, "--log-format")?,
     };
     let rest = args.finish();
     if let Some(first) = rest.first() {
@@ -352,6 +365,16 @@ impl Config {
                 )));
             }
         };
+        let format = pick(raw.log_format, "HOUND_LOG_FORMAT", "text");
+        let log_format = match format.to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => {
+                return Err(Error::Config(format!(
+                    "--log-format {format:?} is not one of text, json"
+                )));
+            }
+        };
         Ok(Config {
             listen,
             embedded,
@@ -365,6 +388,7 @@ impl Config {
             access,
             max_connections,
             log_level,
+            log_format,
         })
     }
 }
@@ -456,6 +480,15 @@ mod tests {
         );
         assert_eq!(config.ping_interval, Duration::from_secs(15));
         assert_eq!(config.log_level, LevelFilter::Info);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn log_format_comes_from_the_flag_or_the_environment() {
+        let json = run(&[], &[("HOUND_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!(json.log_format, LogFormat::Json);
+        let flag_wins = run(&["--log-format", "TEXT"], &[("HOUND_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!(flag_wins.log_format, LogFormat::Text);
     }
 
     #[test]
@@ -500,6 +533,7 @@ mod tests {
             &["--namespace", "same", "--event-namespace", "same"],
             &["--namespace", "a", "--event-namespace", "a/b"],
             &["--log-level", "loud"],
+            &["--log-format", "xml"],
             &["--ping-interval", "0"],
             &["--idle-timeout", "x"],
             &["--max-connections", "0"],

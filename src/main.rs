@@ -29,12 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_config = simplelog::ConfigBuilder::new()
-        .set_target_level(simplelog::LevelFilter::Off)
-        .set_thread_level(simplelog::LevelFilter::Off)
-        .add_filter_allow_str("hound_dog")
-        .build();
-    let _ = simplelog::WriteLogger::init(config.log_level, log_config, std::io::stderr());
+    hound_dog::logging::init(config.log_level, config.log_format);
 
     // Register for the signals before any thread starts, so none is missed.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {

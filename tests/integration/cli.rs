@@ -24,6 +24,7 @@ fn help_exits_zero_and_mentions_every_flag() {
             "--namespace",
             "--event-namespace",
             "--log-level",
+            "--log-format",
             "--ping-interval",
             "--routes",
             "--version",
@@ -88,6 +89,7 @@ fn bad_flags_and_values_exit_2_with_one_line() {
         &["--ttl", "0"],
         &["--ttl", "soon"],
         &["--log-level", "loud"],
+        &["--log-format", "xml"],
         &["--ping-interval", "often"],
         &["stray-argument"],
     ];
@@ -225,4 +227,50 @@ fn ping_interval_flag_is_accepted() {
     // The socket answers pings while reading, so it must still be open well after two intervals.
     expect_no_message(&mut ws, Duration::from_millis(2500));
     assert_eq!(hound.get("/healthz").status, 200);
+}
+
+/// `--log-format json`: every line hound writes is one JSON object with a time, a level and
+/// a message, and registrations are logged with their service and node.
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let _w = watchdog();
+    let hound = Backend::Embedded.start(&["--log-format", "json"]);
+    let mut ws = register(&hound, "api", "10.0.0.1", 80);
+    expect_message(&mut ws, &key_event("api", "SYNC", &[("10.0.0.1", 80)]));
+    drop(ws);
+    poll_until(
+        Duration::from_secs(5),
+        "the deregistration to be logged",
+        || hound.stderr().contains("deregistering"),
+    );
+    let stderr = hound.stderr();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+        })
+        .collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    for line in &lines {
+        let fields: Vec<&str> = line
+            .as_object()
+            .map(|object| object.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert!(
+            line["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+        assert!(
+            ["ERROR", "WARN", "INFO"].contains(&line["level"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(line["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines.iter().any(|line| line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("registered") && m.contains("api/10.0.0.1:80"))),
+        "{stderr}"
+    );
 }

@@ -810,15 +810,23 @@ fn entry(kv: &etcd_client::KeyValue) -> Entry {
 const HOUND_ENV: &[&str] = &[
     "HOUND_BIND",
     "HOUND_PORT",
+    "HOUND_EMBEDDED",
     "HOUND_ETCD",
+    "HOUND_ETCD_CA",
+    "HOUND_ETCD_CERT",
+    "HOUND_ETCD_KEY",
+    "HOUND_ETCD_USER",
+    "HOUND_ETCD_PASSWORD",
     "HOUND_TTL",
     "HOUND_NAMESPACE",
     "HOUND_EVENT_NAMESPACE",
-    "HOUND_LOG",
-    "HOUND_ALLOW_ORIGIN",
-    "HOUND_TOKEN",
-    "HOUND_ETCD_PASSWORD",
     "HOUND_PING_INTERVAL",
+    "HOUND_IDLE_TIMEOUT",
+    "HOUND_MAX_CONNECTIONS",
+    "HOUND_TOKEN",
+    "HOUND_ALLOW_ORIGIN",
+    "HOUND_LOG",
+    "HOUND_LOG_FORMAT",
 ];
 
 /// A `Command` for the hound binary with a clean hound environment.
@@ -2128,7 +2136,7 @@ impl Backend {
             Backend::Etcd => {
                 let etcd = Etcd::start();
                 let hound = Hound::builder(&etcd)
-                    // HOUND_ENV does not clear it, and it would turn `--etcd` into exit 2.
+                    // Cleared already (HOUND_ENV); set anyway, so `--etcd` is never refused.
                     .env("HOUND_EMBEDDED", "0")
                     .args(extra_args.iter().copied())
                     .start();
