@@ -100,6 +100,9 @@ impl Embedded {
                 refreshed: Instant::now(),
             },
         );
+        // Counted before the hub is told: a client that sees the message and then reads
+        // /metrics must find the count that goes with it.
+        Self::count_registrations(&state);
         // Applied under the store lock so the hub sees writes in revision order.
         self.hub.apply(
             service,
@@ -107,7 +110,6 @@ impl Embedded {
             Change::Put(node.clone()),
             revision,
         );
-        Self::count_registrations(&state);
         drop(state);
         match previous {
             Some(previous) if previous.owner != owner => {
@@ -137,18 +139,19 @@ impl Embedded {
         state.revision += 1;
         let revision = state.revision;
         log::info!("deregistering {key} (socket {owner})");
+        Self::count_registrations(&state);
         self.hub.apply(
             service,
             &node.to_string(),
             Change::Removed(KeyEvent::Delete),
             revision,
         );
-        Self::count_registrations(&state);
     }
 
     pub fn deregister_all(&self) {
         let mut state = self.lock();
         let held: Vec<Registration> = state.registrations.drain().map(|(_, r)| r).collect();
+        Self::count_registrations(&state);
         for registration in held {
             state.revision += 1;
             self.hub.apply(
@@ -158,7 +161,6 @@ impl Embedded {
                 state.revision,
             );
         }
-        Self::count_registrations(&state);
     }
 
     pub fn status() -> ClusterStatus {
