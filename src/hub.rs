@@ -93,10 +93,16 @@ impl Mailbox {
     /// messages are already waiting. Only the hub sends, under its lock, so the length cannot
     /// grow between the check and the send.
     fn send(&self, frame: &Frame) -> Result<(), Undelivered> {
-        match self
-            .wire
-            .try_send_now(frame.wire(), || self.queue.is_empty())
-        {
+        // Counted before the frame can arrive, so a client that reads /metrics after a
+        // message never finds it uncounted.
+        let send_now = || {
+            let nothing_queued = self.queue.is_empty();
+            if nothing_queued {
+                metrics::MESSAGES_SENT.add(1);
+            }
+            nothing_queued
+        };
+        match self.wire.try_send_now(frame.wire(), send_now) {
             SendNow::Sent => return Ok(()),
             SendNow::Backlogged => {
                 self.signal.wake();
@@ -107,6 +113,7 @@ impl Mailbox {
         if self.queue.len() >= self.capacity {
             return Err(Undelivered::Full);
         }
+        metrics::MESSAGES_SENT.add(1);
         self.queue
             .try_send(frame.clone())
             .map_err(|_| Undelivered::Gone)?;
@@ -357,7 +364,6 @@ impl Hub {
                 .or_default()
                 .push(id);
         }
-        metrics::MESSAGES_SENT.add(syncs.len() as u64);
         state.sockets.insert(
             id,
             Subscriber {
@@ -446,7 +452,7 @@ impl State {
             };
             let mailbox = &subscriber.mailbox;
             match mailbox.send(frame) {
-                Ok(()) => metrics::MESSAGES_SENT.add(1),
+                Ok(()) => {}
                 Err(Undelivered::Full) => {
                     metrics::SLOW_SOCKETS_CLOSED.add(1);
                     log::warn!("socket {id} does not read its messages; closing it (1013)");

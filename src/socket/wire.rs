@@ -65,9 +65,10 @@ impl Wire {
     }
 
     /// The fan-out's fast path: sends `frame` at once if nothing must go before it and the
-    /// socket thread is not writing right now. `queue_empty` is asked under the lock, where
-    /// the socket thread also takes from the queue, so a frame never overtakes a queued one.
-    /// Never waits: a busy lock means [`SendNow::Queue`].
+    /// socket thread is not writing right now. `queue_empty` is asked last, under the lock,
+    /// where the socket thread also takes from the queue, so a frame never overtakes a queued
+    /// one; once it answers true the frame is sent (or kept to be sent). Never waits: a busy
+    /// lock means [`SendNow::Queue`].
     pub fn try_send_now(&self, frame: &[u8], queue_empty: impl FnOnce() -> bool) -> SendNow {
         let mut out = match self.out.try_lock() {
             Ok(out) => out,
