@@ -29,6 +29,9 @@ pub(super) struct HealthState {
     services_watched: Cell<bool>,
     events_watched: Cell<bool>,
     problem: RefCell<String>,
+    /// Why each watch last broke, for `/healthz` while it is being reopened.
+    services_problem: RefCell<String>,
+    events_problem: RefCell<String>,
 }
 
 impl HealthState {
@@ -36,7 +39,17 @@ impl HealthState {
         let health = if !self.etcd_answers.get() {
             Health::Unavailable(format!("etcd does not answer: {}", self.problem.borrow()))
         } else if !self.services_watched.get() || !self.events_watched.get() {
-            Health::Unavailable("the etcd watches are reconnecting".into())
+            let mut why = Vec::new();
+            if !self.services_watched.get() {
+                why.push(format!("service watch: {}", self.services_problem.borrow()));
+            }
+            if !self.events_watched.get() {
+                why.push(format!("event watch: {}", self.events_problem.borrow()));
+            }
+            Health::Unavailable(format!(
+                "the etcd watches are reconnecting: {}",
+                why.join("; ")
+            ))
         } else {
             Health::Ok
         };
@@ -93,6 +106,15 @@ enum Break {
     Failed(String),
 }
 
+impl Break {
+    fn reason(&self) -> String {
+        match self {
+            Break::Compacted => "fell behind a compaction".to_owned(),
+            Break::Replaced(why) | Break::Failed(why) => why.clone(),
+        }
+    }
+}
+
 impl From<etcd_client::Error> for Break {
     fn from(err: etcd_client::Error) -> Self {
         Break::Failed(err.to_string())
@@ -113,7 +135,11 @@ pub(super) async fn watch_services(
     let mut position = Position::default();
     loop {
         let outcome = services_session(&mut client, &prefix, &hub, &health, &mut position).await;
+        *health.services_problem.borrow_mut() = outcome.reason();
         health.set(&hub, &health.services_watched, false, None);
+        if std::mem::take(&mut position.confirmed) {
+            backoff.reset();
+        }
         match outcome {
             Break::Compacted => {
                 log::warn!("service watch fell behind a compaction; re-reading {prefix}");
@@ -143,6 +169,8 @@ struct Position {
     cluster: Option<u64>,
     /// The next re-read must SYNC every subscribed service, changed or not.
     resync_everyone: bool,
+    /// etcd confirmed the last watch: after it breaks, retry after the shortest delay.
+    confirmed: bool,
 }
 
 impl Position {
@@ -196,6 +224,31 @@ async fn next_response(
     Ok(response)
 }
 
+/// How long etcd may take to confirm a new watch. A watch neither confirmed nor refused in
+/// that time (opened on a connection that went quiet while members failed over, say) is
+/// opened again, rather than leaving hound unhealthy until something else breaks it.
+const WATCH_CONFIRM: Duration = Duration::from_secs(5);
+
+/// Opens a watch and waits for etcd's first answer (normally `created`).
+async fn open_watch(
+    client: &mut Client,
+    prefix: &str,
+    options: WatchOptions,
+    position: &mut Position,
+) -> Result<(etcd_client::WatchStream, WatchResponse), Break> {
+    let opening = async {
+        let mut stream = client.watch(prefix, Some(options)).await?;
+        let first = next_response(&mut stream, position).await?;
+        Ok::<_, Break>((stream, first))
+    };
+    match tokio::time::timeout(WATCH_CONFIRM, opening).await {
+        Ok(opened) => opened,
+        Err(_) => Err(Break::Failed(format!(
+            "etcd did not confirm the watch within {WATCH_CONFIRM:?}"
+        ))),
+    }
+}
+
 async fn services_session(
     client: &mut Client,
     prefix: &str,
@@ -222,16 +275,21 @@ async fn services_session(
         .with_prev_key()
         .with_progress_notify()
         .with_start_revision(start);
-    let mut stream = match client.watch(prefix, Some(options)).await {
-        Ok(stream) => stream,
-        Err(err) => return err.into(),
+    let (mut stream, first) = match open_watch(client, prefix, options, position).await {
+        Ok(opened) => opened,
+        Err(end) => return end,
     };
+    let mut first = Some(first);
     loop {
-        let response = match next_response(&mut stream, position).await {
-            Ok(response) => response,
-            Err(end) => return end,
+        let response = match first.take() {
+            Some(response) => response,
+            None => match next_response(&mut stream, position).await {
+                Ok(response) => response,
+                Err(end) => return end,
+            },
         };
         if response.created() {
+            position.confirmed = true;
             health.set(hub, &health.services_watched, true, None);
         }
         let applied = apply_service_events(client, prefix, hub, &response).await;
@@ -370,7 +428,11 @@ pub(super) async fn watch_events(
     let mut position = Position::default();
     loop {
         let outcome = events_session(&mut client, &prefix, &hub, &health, &mut position).await;
+        *health.events_problem.borrow_mut() = outcome.reason();
         health.set(&hub, &health.events_watched, false, None);
+        if std::mem::take(&mut position.confirmed) {
+            backoff.reset();
+        }
         let resume_from = position.resume_from;
         match outcome {
             Break::Replaced(why) => {
@@ -409,16 +471,21 @@ async fn events_session(
     if let Some(revision) = position.resume_from {
         options = options.with_start_revision(revision);
     }
-    let mut stream = match client.watch(prefix, Some(options)).await {
-        Ok(stream) => stream,
-        Err(err) => return err.into(),
+    let (mut stream, first) = match open_watch(client, prefix, options, position).await {
+        Ok(opened) => opened,
+        Err(end) => return end,
     };
+    let mut first = Some(first);
     loop {
-        let response = match next_response(&mut stream, position).await {
-            Ok(response) => response,
-            Err(end) => return end,
+        let response = match first.take() {
+            Some(response) => response,
+            None => match next_response(&mut stream, position).await {
+                Ok(response) => response,
+                Err(end) => return end,
+            },
         };
         if response.created() {
+            position.confirmed = true;
             health.set(hub, &health.events_watched, true, None);
         }
         let header_revision = response.header().map_or(0, |h| h.revision());
