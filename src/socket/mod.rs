@@ -25,6 +25,8 @@ use stream::UpgradedStream;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Messages written per wake-up before flushing, so one busy socket cannot hog its loop.
 const WRITE_BATCH: usize = 64;
+/// Bytes waiting for a client to read past which hound stops reading from it.
+const READ_PAUSE_BACKLOG: usize = 64 * 1024;
 /// Largest frame or message a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
@@ -99,7 +101,10 @@ pub fn serve(
         } else {
             deadline.saturating_duration_since(now)
         };
-        let ready = match wait(socket_fd, write_blocked, signal, timeout) {
+        // A client that sends (pings, say) but does not read would make hound's replies pile
+        // up without bound: past a backlog, stop reading and let TCP push back on it.
+        let read_paused = ws.get_ref().wire().unsent_len() > READ_PAUSE_BACKLOG;
+        let ready = match wait(socket_fd, !read_paused, write_blocked, signal, timeout) {
             Ok(ready) => ready,
             Err(err) => return Ending::PeerLost(format!("poll failed: {err}")),
         };
@@ -112,6 +117,9 @@ pub fn serve(
             loop {
                 match ws.read() {
                     Ok(Message::Close(_)) => {
+                        // tungstenite has queued the close reply; from here no data frame
+                        // from the fan-out may reach the wire after it.
+                        ws.get_ref().wire().close_for_data();
                         let _ = ws.flush();
                         return closing
                             .map_or(Ending::ClientClosed, |(code, _)| Ending::Closed(code));
@@ -129,6 +137,9 @@ pub fn serve(
                         break;
                     }
                     Err(err) => return lost(closing, err),
+                }
+                if ws.get_ref().wire().unsent_len() > READ_PAUSE_BACKLOG {
+                    break;
                 }
             }
         }
@@ -177,10 +188,17 @@ struct Ready {
     doorbell: bool,
 }
 
-/// Sleeps until the socket is readable (or writable, if `want_write`), the doorbell rings, or
-/// `timeout` passes.
-fn wait(socket: i32, want_write: bool, signal: &Signal, timeout: Duration) -> io::Result<Ready> {
-    let socket_events = libc::POLLIN | if want_write { libc::POLLOUT } else { 0 };
+/// Sleeps until the socket is readable (if `want_read`) or writable (if `want_write`), the
+/// connection breaks, the doorbell rings, or `timeout` passes.
+fn wait(
+    socket: i32,
+    want_read: bool,
+    want_write: bool,
+    signal: &Signal,
+    timeout: Duration,
+) -> io::Result<Ready> {
+    let socket_events =
+        if want_read { libc::POLLIN } else { 0 } | if want_write { libc::POLLOUT } else { 0 };
     let mut fds = [
         libc::pollfd {
             fd: socket,

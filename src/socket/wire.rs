@@ -14,6 +14,9 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
+/// Largest buffer of unsent bytes kept once it has drained.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 /// What became of a frame handed to [`Wire::try_send_now`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendNow {
@@ -94,9 +97,9 @@ impl Wire {
         !out.unsent.is_empty()
     }
 
-    /// Whether bytes wait for the connection to drain.
-    pub fn backlogged(&self) -> bool {
-        !self.lock().unsent.is_empty()
+    /// How many bytes wait for the connection to drain.
+    pub fn unsent_len(&self) -> usize {
+        self.lock().unsent.len()
     }
 
     /// The socket thread's writes (tungstenite's frames): taken whole, sent as far as the
@@ -133,6 +136,10 @@ impl Out {
         }
         let sent = self.send(&self.unsent);
         self.unsent.drain(..sent);
+        // A backlog is rare and passing: do not keep its buffer for the socket's whole life.
+        if self.unsent.is_empty() && self.unsent.capacity() > KEEP_CAPACITY {
+            self.unsent = Vec::new();
+        }
     }
 
     /// How much of `bytes` the connection took without blocking. A broken connection takes
@@ -211,7 +218,7 @@ mod tests {
         // Far more than the socket buffers hold while the client does not read.
         let big: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
         assert_eq!(wire.try_send_now(&big, || true), SendNow::Backlogged);
-        assert!(wire.backlogged());
+        assert!(wire.unsent_len() > 0);
         assert_eq!(wire.try_send_now(b"must wait", || true), SendNow::Queue);
         wire.write(b"pong").unwrap();
         let mut queue = vec![&b"tail"[..]].into_iter();
