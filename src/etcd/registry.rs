@@ -130,23 +130,38 @@ pub(super) async fn serve(
 /// the last), and put back when it answers again — as a member of the same cluster as the
 /// others. An address that answers for another cluster (a member replaced by a stranger, a
 /// port reused) stays out, or hound would register nodes where nobody watches.
-async fn track_endpoints(client: Client, settings: Rc<Settings>) {
-    let mut probes: Vec<Option<Client>> = vec![None; settings.endpoints.len()];
-    let mut in_channel = vec![true; settings.endpoints.len()];
-    let mut warned_stranger = vec![false; settings.endpoints.len()];
-    let mut cluster: Option<u64> = None;
+async fn track_endpoints(mut client: Client, settings: Rc<Settings>) {
+    let endpoints = &settings.endpoints;
+    let mut probes: Vec<Option<Client>> = vec![None; endpoints.len()];
+    let mut in_channel = vec![true; endpoints.len()];
+    let mut warned_stranger = vec![false; endpoints.len()];
+    // Start from the cluster hound is already talking to, so that strangers are recognised
+    // even while too few members answer to form a majority.
+    let mut cluster = match tokio::time::timeout(Duration::from_secs(1), client.status()).await {
+        Ok(Ok(status)) => status.header().map(|h| h.cluster_id()),
+        _ => None,
+    };
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut answers = Vec::with_capacity(settings.endpoints.len());
-        for (i, endpoint) in settings.endpoints.iter().enumerate() {
+        let mut answers = Vec::with_capacity(endpoints.len());
+        for (i, endpoint) in endpoints.iter().enumerate() {
             answers.push(probe_endpoint(&mut probes[i], endpoint, &settings).await);
         }
-        // The cluster is what most members say it is (on a tie, what it was), so a whole
-        // cluster that was replaced (restored from a backup, say) is followed, while one
-        // stray address is not.
-        cluster = most_common(answers.iter().flatten().copied(), cluster).or(cluster);
-        for (i, endpoint) in settings.endpoints.iter().enumerate() {
-            let stranger = answers[i].is_some() && answers[i] != cluster;
+        // The cluster changes only when a majority of the configured members says so: a whole
+        // cluster replaced (restored from a backup, say) is followed, while a stray address,
+        // or a few strangers while the real members are down, is not.
+        if let Some(agreed) = majority(answers.iter().flatten().copied(), endpoints.len())
+            && cluster != Some(agreed)
+        {
+            if let Some(previous) = cluster {
+                log::warn!(
+                    "most etcd members now answer for cluster {agreed:x}, not {previous:x}; following them"
+                );
+            }
+            cluster = Some(agreed);
+        }
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let stranger = cluster.is_some() && answers[i].is_some() && answers[i] != cluster;
             if stranger && !warned_stranger[i] {
                 log::warn!(
                     "etcd at {endpoint} answers for another cluster ({:x}, not {:x}); not using it",
@@ -160,7 +175,9 @@ async fn track_endpoints(client: Client, settings: Rc<Settings>) {
             if !usable && in_channel[i] && live > 1 {
                 match client.remove_endpoint(endpoint).await {
                     Ok(()) => {
-                        log::warn!("etcd member {endpoint} does not answer; using the others");
+                        if !stranger {
+                            log::warn!("etcd member {endpoint} does not answer; using the others");
+                        }
                         in_channel[i] = false;
                     }
                     Err(err) => log::debug!("cannot set {endpoint} aside: {err}"),
@@ -178,27 +195,19 @@ async fn track_endpoints(client: Client, settings: Rc<Settings>) {
     }
 }
 
-/// The value seen most often, if any; among equals `preferred`, else the first seen.
-fn most_common(values: impl Iterator<Item = u64>, preferred: Option<u64>) -> Option<u64> {
+/// The value reported by more than half of `members` (not just of those that answered).
+fn majority(answers: impl Iterator<Item = u64>, members: usize) -> Option<u64> {
     let mut counts: Vec<(u64, usize)> = Vec::new();
-    for value in values {
+    for value in answers {
         match counts.iter_mut().find(|(seen, _)| *seen == value) {
             Some((_, count)) => *count += 1,
             None => counts.push((value, 1)),
         }
     }
-    let best = counts.iter().map(|&(_, count)| count).max()?;
-    let mut leaders = counts
+    counts
         .into_iter()
-        .filter(|&(_, count)| count == best)
-        .map(|(value, _)| value);
-    let first = leaders.next();
-    if preferred.is_some() && (first == preferred || leaders.any(|value| Some(value) == preferred))
-    {
-        preferred
-    } else {
-        first
-    }
+        .find(|&(_, count)| count > members / 2)
+        .map(|(value, _)| value)
 }
 
 /// The cluster id one member reports when asked for its status within a second, through a
@@ -539,14 +548,18 @@ async fn keep_lease_alive(
 
 #[cfg(test)]
 mod tests {
-    use super::most_common;
+    use super::majority;
 
     #[test]
-    fn the_cluster_is_what_most_members_say_and_on_a_tie_what_it_was() {
-        assert_eq!(most_common([7, 9, 7].into_iter(), None), Some(7));
-        assert_eq!(most_common([9, 7, 7].into_iter(), Some(9)), Some(7));
-        assert_eq!(most_common([9, 7].into_iter(), Some(7)), Some(7));
-        assert_eq!(most_common([9, 7].into_iter(), None), Some(9));
-        assert_eq!(most_common(std::iter::empty(), Some(7)), None);
+    fn the_cluster_changes_only_when_most_configured_members_agree() {
+        assert_eq!(majority([7, 9, 7].into_iter(), 3), Some(7));
+        assert_eq!(majority([9, 7, 7].into_iter(), 3), Some(7));
+        // Two of three members down: the one that answers is no majority.
+        assert_eq!(majority([9].into_iter(), 3), None);
+        assert_eq!(majority([9, 7].into_iter(), 3), None);
+        assert_eq!(majority([9, 7].into_iter(), 2), None);
+        assert_eq!(majority([9, 9].into_iter(), 4), None);
+        assert_eq!(majority([9].into_iter(), 1), Some(9));
+        assert_eq!(majority(std::iter::empty(), 3), None);
     }
 }

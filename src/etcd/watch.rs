@@ -40,11 +40,23 @@ impl HealthState {
             Health::Unavailable(format!("etcd does not answer: {}", self.problem.borrow()))
         } else if !self.services_watched.get() || !self.events_watched.get() {
             let mut why = Vec::new();
-            if !self.services_watched.get() {
-                why.push(format!("service watch: {}", self.services_problem.borrow()));
-            }
-            if !self.events_watched.get() {
-                why.push(format!("event watch: {}", self.events_problem.borrow()));
+            for (name, watched, problem) in [
+                (
+                    "service watch",
+                    &self.services_watched,
+                    &self.services_problem,
+                ),
+                ("event watch", &self.events_watched, &self.events_problem),
+            ] {
+                if !watched.get() {
+                    let problem = problem.borrow();
+                    let problem = if problem.is_empty() {
+                        "opening"
+                    } else {
+                        problem.as_str()
+                    };
+                    why.push(format!("{name}: {problem}"));
+                }
             }
             Health::Unavailable(format!(
                 "the etcd watches are reconnecting: {}",
@@ -134,10 +146,11 @@ pub(super) async fn watch_services(
     let mut throttle = Throttle::default();
     let mut position = Position::default();
     loop {
+        let opened = tokio::time::Instant::now();
         let outcome = services_session(&mut client, &prefix, &hub, &health, &mut position).await;
         *health.services_problem.borrow_mut() = outcome.reason();
         health.set(&hub, &health.services_watched, false, None);
-        if std::mem::take(&mut position.confirmed) {
+        if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
             backoff.reset();
         }
         match outcome {
@@ -169,8 +182,10 @@ struct Position {
     cluster: Option<u64>,
     /// The next re-read must SYNC every subscribed service, changed or not.
     resync_everyone: bool,
-    /// etcd confirmed the last watch: after it breaks, retry after the shortest delay.
-    confirmed: bool,
+    /// The last watch delivered something after etcd created it, so it worked: after it
+    /// breaks, retry after the shortest delay. (Being created alone proves little: a watch
+    /// that etcd creates and then cancels at once would otherwise be retried in a hot loop.)
+    delivered: bool,
 }
 
 impl Position {
@@ -228,6 +243,10 @@ async fn next_response(
 /// that time (opened on a connection that went quiet while members failed over, say) is
 /// opened again, rather than leaving hound unhealthy until something else breaks it.
 const WATCH_CONFIRM: Duration = Duration::from_secs(5);
+
+/// A watch session that lasted this long worked, even if it delivered nothing: after it
+/// breaks, the back-off starts again from its shortest delay.
+const WATCH_STABLE: Duration = Duration::from_secs(10);
 
 /// Opens a watch and waits for etcd's first answer (normally `created`).
 async fn open_watch(
@@ -288,8 +307,10 @@ async fn services_session(
                 Err(end) => return end,
             },
         };
+        if !response.created() {
+            position.delivered = true;
+        }
         if response.created() {
-            position.confirmed = true;
             health.set(hub, &health.services_watched, true, None);
         }
         let applied = apply_service_events(client, prefix, hub, &response).await;
@@ -427,10 +448,11 @@ pub(super) async fn watch_events(
     let mut throttle = Throttle::default();
     let mut position = Position::default();
     loop {
+        let opened = tokio::time::Instant::now();
         let outcome = events_session(&mut client, &prefix, &hub, &health, &mut position).await;
         *health.events_problem.borrow_mut() = outcome.reason();
         health.set(&hub, &health.events_watched, false, None);
-        if std::mem::take(&mut position.confirmed) {
+        if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
             backoff.reset();
         }
         let resume_from = position.resume_from;
@@ -484,8 +506,10 @@ async fn events_session(
                 Err(end) => return end,
             },
         };
+        if !response.created() {
+            position.delivered = true;
+        }
         if response.created() {
-            position.confirmed = true;
             health.set(hub, &health.events_watched, true, None);
         }
         let header_revision = response.header().map_or(0, |h| h.revision());
