@@ -10,8 +10,9 @@ use time::format_description::well_known::Rfc3339;
 use crate::config::LogFormat;
 use crate::message::json_string;
 
-/// Only hound's own records: its dependencies (tonic, h2, tiny_http) log plenty at debug.
-const OURS: &str = "hound_dog";
+/// Only hound's own records (the `hound_dog` library and the `hound` binary): its
+/// dependencies (tonic, h2, tiny_http) log plenty at debug.
+const OURS: &str = "hound";
 
 /// Installs the logger for the process; a second call changes nothing.
 pub fn init(level: LevelFilter, format: LogFormat) {

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     let app = match App::start(&config) {
         Ok(app) => app,
         Err(err) => {
-            log::error!("{err}");
+            // One plain line, whatever the log format: the operator reads it at start-up.
             eprintln!("hound: {err}");
             return ExitCode::from(2);
         }

@@ -13,6 +13,7 @@ const KEEP_BELOW: usize = 4 * 1024;
 /// Releases the pages of this thread's stack more than [`KEEP_BELOW`] bytes below the caller's
 /// frame. Their contents are dead (the stack grows down and nothing lives below its pointer);
 /// if touched again they come back as zero-filled pages. Best effort: errors are ignored.
+#[inline(never)]
 pub fn release_unused() {
     let page = page_size();
     let Some(low) = stack_low() else {
