@@ -1,24 +1,8 @@
-//! Verifies `/etcd/monitor`: `monitor` is required, one SYNC per service comes first, then every
-//! change of the monitored services in order, and nothing of other services.
+//! Verifies `/etcd/monitor` on etcd: one SYNC per service comes first, then every change of the
+//! monitored services in order (written straight into etcd), and nothing of other services or
+//! namespaces; many monitors, 64 services, empty list items, and that monitors write nothing.
 
 use crate::support::*;
-
-#[test]
-fn monitor_parameter_is_required() {
-    let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = Hound::start(&etcd, &[]);
-    for path in [
-        "/etcd/monitor",
-        "/etcd/monitor?",
-        "/etcd/monitor?service=api",
-    ] {
-        match ws_connect(hound.addr(), path, &[]) {
-            Ok(_) => panic!("{path} was upgraded"),
-            Err(response) => response.assert_error(400),
-        }
-    }
-}
 
 #[test]
 fn sync_per_service_first_then_changes_in_order() {

@@ -1,5 +1,5 @@
-//! Verifies the REST routes: health, versions, leader, service listings read from etcd, and the
-//! JSON 404/405 answers.
+//! Verifies the REST routes: health, hound's version, service listings read from etcd, and the
+//! JSON 404/405 answers. (`/etcd/leader` and `/etcd/version`: `scenarios.rs`, both backends.)
 
 use serde_json::json;
 
@@ -24,38 +24,6 @@ fn version_names_app_and_crate_version() {
         body,
         json!({"app": "hound", "version": env!("CARGO_PKG_VERSION")})
     );
-}
-
-#[test]
-fn etcd_version_is_the_server_version() {
-    let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = Hound::start(&etcd, &[]);
-    let body = hound.get("/etcd/version").assert_json(200);
-    let expected = etcd.client().status().version;
-    assert!(expected.starts_with("3.4."), "test etcd is 3.4: {expected}");
-    assert_eq!(body, json!({"version": expected}));
-}
-
-#[test]
-fn etcd_leader_names_leader_and_member() {
-    let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = Hound::start(&etcd, &[]);
-    let body = hound.get("/etcd/leader").assert_json(200);
-    let leader = body["leader"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("leader is not a u64: {body}"));
-    let member_id = body["member_id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("member_id is not a u64: {body}"));
-    assert_ne!(leader, 0, "{body}");
-    assert_ne!(member_id, 0, "{body}");
-    let status = etcd.client().status();
-    assert_eq!(leader, status.leader, "leader as etcd reports it");
-    assert_eq!(member_id, status.member_id, "member_id as etcd reports it");
-    // A single-member cluster leads itself.
-    assert_eq!(leader, member_id);
 }
 
 #[test]

@@ -126,10 +126,13 @@ fn expect_messages(ws: &mut Ws, expected: &[Value]) {
 // ---------------------------------------------------------------------------------------------
 
 /// A register socket's first message is a SYNC listing its own node; REST lists the node as
-/// soon as the upgrade is done; a monitor sees PUT; when the socket ends (closed, or dropped
-/// without a close frame) the monitor sees DELETE at once and REST forgets the node.
+/// soon as the upgrade is done; a monitor sees PUT; the other registered sockets of the service
+/// see its PUT and DELETE too; when the socket ends (closed, or dropped without a close frame)
+/// the monitor sees DELETE at once and REST forgets the node. On etcd the key holds the node
+/// under a lease of `--ttl` from the upgrade on, and is deleted with the socket.
 fn register_syncs_lists_and_deregisters_on_close(backend: Backend) {
     let hound = backend.start(&["--ttl", LONG_TTL]);
+    let mut etcd = hound.etcd().map(Etcd::client);
     let mut watcher = monitor(&hound, &["api"]);
     expect_message(&mut watcher, &key_event("api", "SYNC", &[]));
     assert!(hound.services().is_empty());
@@ -138,6 +141,14 @@ fn register_syncs_lists_and_deregisters_on_close(backend: Backend) {
     // Read-your-writes: no polling.
     assert_eq!(hound.services(), ["api"]);
     assert_eq!(hound.nodes("api"), pairs(&[("10.0.0.1", 80)]));
+    if let Some(client) = etcd.as_mut() {
+        let entry = client
+            .get(&hound.key("api", "10.0.0.1:80"))
+            .expect("key is in etcd right after the handshake");
+        assert_eq!(entry.value, "10.0.0.1:80");
+        assert_ne!(entry.lease, 0, "the key is attached to a lease");
+        assert_eq!(client.lease_granted_ttl(entry.lease), Some(30));
+    }
     expect_message(&mut ws, &key_event("api", "SYNC", &[("10.0.0.1", 80)]));
     expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
 
@@ -160,11 +171,23 @@ fn register_syncs_lists_and_deregisters_on_close(backend: Backend) {
     );
     let took = closed.elapsed();
     assert!(took < Duration::from_secs(2), "DELETE took {took:?}");
+    expect_message(
+        &mut second,
+        &key_event("api", "DELETE", &[("10.0.0.2", 80)]),
+    );
     assert_eq!(hound.nodes("api"), pairs(&[("10.0.0.2", 80)]));
+    if let Some(client) = etcd.as_mut() {
+        poll_until(PROMPT, "the closed socket's key to be gone", || {
+            !registered(client, &hound, "api", "10.0.0.1:80")
+        });
+    }
 
     // A client that vanishes without a close frame is deregistered just the same.
     vanish(second);
     expect_message(&mut watcher, &key_event("api", "DELETE", &[]));
+    if let Some(client) = etcd.as_mut() {
+        assert!(!registered(client, &hound, "api", "10.0.0.2:80"));
+    }
     assert!(hound.services().is_empty(), "{:?}", hound.services());
     assert_eq!(hound.nodes("api"), no_nodes());
     expect_no_message(&mut watcher, QUIET);
@@ -233,35 +256,54 @@ fn subscribed_twice_gets_each_message_once(backend: Backend) {
 }
 
 /// A second registration of the same node through the same hound takes it over: the older
-/// socket is closed with 4000 `superseded`, the node stays listed and no monitor is told
-/// anything (the membership did not change); the newer socket owns it afterwards.
+/// socket is closed with 4000 `superseded`, the node stays listed (on etcd, its key stays
+/// throughout) and no monitor is told anything (the membership did not change); the newer
+/// socket owns it afterwards.
 fn takeover_closes_the_older_socket_and_keeps_the_node(backend: Backend) {
     let hound = backend.start(&["--ttl", LONG_TTL]);
+    let mut etcd = hound.etcd().map(Etcd::client);
     let mut watcher = monitor_synced(&hound, &["api"]);
     let mut older = register(&hound, "api", "10.0.0.1", 80);
     expect_message(&mut older, &key_event("api", "SYNC", &[("10.0.0.1", 80)]));
     expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
 
     let mut newer = register(&hound, "api", "10.0.0.1", 80);
+    if let Some(client) = etcd.as_mut() {
+        assert!(registered(client, &hound, "api", "10.0.0.1:80"));
+    }
     assert_eq!(
         read_close(&mut older, PROMPT),
         Some((4000, "superseded".to_owned()))
     );
     expect_message(&mut newer, &key_event("api", "SYNC", &[("10.0.0.1", 80)]));
     // The older socket has ended: its cleanup must not have removed the node it no longer owns.
-    expect_no_message(&mut watcher, Duration::from_millis(800));
+    let quiet_until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < quiet_until {
+        expect_no_message(&mut watcher, Duration::from_millis(100));
+        if let Some(client) = etcd.as_mut() {
+            assert!(
+                registered(client, &hound, "api", "10.0.0.1:80"),
+                "key vanished during the takeover"
+            );
+        }
+    }
     assert_eq!(hound.nodes("api"), pairs(&[("10.0.0.1", 80)]));
 
     close(newer);
     expect_message(&mut watcher, &key_event("api", "DELETE", &[]));
+    if let Some(client) = etcd.as_mut() {
+        assert!(!registered(client, &hound, "api", "10.0.0.1:80"));
+    }
     assert!(hound.services().is_empty());
 }
 
 /// IPv6 literals (bare, bracketed, non-canonical) and host names (any case) register in their
-/// normalised form; several instances on one host coexist; lists are sorted by ip, then port,
-/// in SYNC, PUT and REST alike.
+/// normalised form (on etcd, also in the key: `[::1]:8080`, `node-1.example.internal:80`);
+/// several instances on one host coexist; lists are sorted by ip, then port, in SYNC, PUT and
+/// REST alike.
 fn ipv6_host_names_and_ports_coexist_sorted(backend: Backend) {
     let hound = backend.start(&["--ttl", LONG_TTL]);
+    let mut etcd = hound.etcd().map(Etcd::client);
     let mut watcher = monitor_synced(&hound, &["web"]);
 
     let mut v6 = register(&hound, "web", "::1", 8080);
@@ -269,9 +311,17 @@ fn ipv6_host_names_and_ports_coexist_sorted(backend: Backend) {
     expect_message(&mut watcher, &key_event("web", "PUT", &[("::1", 8080)]));
     let _v6_long = register(&hound, "web", "0:0:0:0:0:0:0:1", 8082);
     let _v6_bracketed = register(&hound, "web", "[::1]", 8081);
-    let _host = register(&hound, "web", "Node-1.Example.INTERNAL", 80);
+    let mut host = register(&hound, "web", "Node-1.Example.INTERNAL", 80);
     let _a = register(&hound, "web", "10.0.0.2", 81);
-    let _b = register(&hound, "web", "10.0.0.2", 80);
+    let mut b = register(&hound, "web", "10.0.0.2", 80);
+    if let Some(client) = etcd.as_mut() {
+        for host_port in ["[::1]:8080", "node-1.example.internal:80"] {
+            let entry = client
+                .get(&hound.key("web", host_port))
+                .unwrap_or_else(|| panic!("no key ending in {host_port}"));
+            assert_eq!(entry.value, host_port);
+        }
+    }
 
     // (Only hosts whose order is the same compared as text and compared numerically: the order
     // rule itself is not what this suite is about.)
@@ -304,6 +354,9 @@ fn ipv6_host_names_and_ports_coexist_sorted(backend: Backend) {
         expect_message(&mut watcher, &key_event("web", "PUT", nodes));
     }
     let all = steps[steps.len() - 1];
+    // A register socket's SYNC lists the nodes already there, with its own in its sorted place.
+    expect_message(&mut host, &key_event("web", "SYNC", steps[2]));
+    expect_message(&mut b, &key_event("web", "SYNC", all));
     assert_eq!(hound.nodes("web"), pairs(all));
     let mut late = monitor(&hound, &["web"]);
     expect_message(&mut late, &key_event("web", "SYNC", all));
@@ -383,6 +436,9 @@ fn monitor_star_sees_every_service_present_and_future(backend: Backend) {
 /// with namespace `*`; sockets subscribed to nothing targeted get nothing.
 fn custom_events_reach_exactly_their_audience(backend: Backend) {
     let hound = backend.start(&["--ttl", LONG_TTL]);
+    // An event nobody is subscribed to is accepted all the same (and reaches no later socket).
+    assert_accepted(&hound.post_event(&json!({"event_type": "t", "services": ["nobody"]})));
+    assert_accepted(&hound.post_event(&json!({"event_type": "t", "broadcast": true})));
     let mut api_monitor = monitor_synced(&hound, &["api"]);
     let mut api_node = register(&hound, "api", "10.0.0.1", 80);
     expect_message(
@@ -442,7 +498,8 @@ fn custom_events_reach_exactly_their_audience(backend: Backend) {
 }
 
 /// 415 without a JSON content type, 413 over 64 KiB, 400 for every malformed event; none of
-/// them reaches anyone, and a body just under the limit still does.
+/// them reaches anyone, and a body just under the limit still does, as does a JSON content type
+/// with a charset.
 fn bad_events_are_refused_and_deliver_nothing(backend: Backend) {
     let hound = backend.start(&[]);
     let mut listener = monitor_synced(&hound, &["a"]);
@@ -461,11 +518,13 @@ fn bad_events_are_refused_and_deliver_nothing(backend: Backend) {
     }
     let filler = "x".repeat(64 * 1024);
     let too_big = json!({"event_type": "t", "event_body": filler, "services": ["a"]}).to_string();
+    assert!(too_big.len() > 64 * 1024);
     post(&json_type, too_big.as_bytes()).assert_error(413);
     let bodies: &[&[u8]] = &[
         b"not json",
         b"",
         b"[1,2,3]",
+        b"\"a string\"",
         br#"{"services":["a"]}"#,
         br#"{"event_type":"","services":["a"]}"#,
         br#"{"event_type":42,"services":["a"]}"#,
@@ -476,6 +535,8 @@ fn bad_events_are_refused_and_deliver_nothing(backend: Backend) {
         br#"{"event_type":"t","services":["a"],"broadcast":"yes"}"#,
         br#"{"event_type":"t","services":"a"}"#,
         br#"{"event_type":"t","services":["a","x/y"]}"#,
+        br#"{"event_type":"t","services":["bad name"]}"#,
+        br#"{"event_type":"t","services":[""]}"#,
         br#"{"event_type":"t","broadcast":true,"services":["bad name"]}"#,
     ];
     for body in bodies {
@@ -494,6 +555,9 @@ fn bad_events_are_refused_and_deliver_nothing(backend: Backend) {
     let body = json!({"event_type": "t", "event_body": event_body, "services": ["a"]});
     assert_accepted(&hound.post_event(&body));
     expect_message(&mut listener, &custom_event("a", "t", &event_body));
+    let with_charset = [("Content-Type", "application/json; charset=utf-8")];
+    assert_accepted(&post(&with_charset, good));
+    expect_message(&mut listener, &custom_event("a", "t", ""));
     expect_no_message(&mut listener, QUIET);
 }
 
@@ -535,6 +599,11 @@ fn leader_and_version_have_their_shape(backend: Backend) {
     match hound.etcd() {
         Some(etcd) => {
             let status = etcd.client().status();
+            assert!(
+                status.version.starts_with("3.4."),
+                "test etcd is 3.4: {}",
+                status.version
+            );
             assert_eq!(leader_id, status.leader, "leader as etcd reports it");
             assert_eq!(member_id, status.member_id, "member_id as etcd reports it");
             assert_eq!(version_text, status.version, "version as etcd reports it");
@@ -616,6 +685,7 @@ fn bad_parameters_are_400_and_register_nothing(backend: Backend) {
         paths.extend(values.iter().map(|value| register_with(name, value)));
     }
     paths.push("/etcd/monitor".to_owned());
+    paths.push("/etcd/monitor?".to_owned());
     paths.push("/etcd/monitor?monitor=".to_owned());
     paths.push("/etcd/monitor?monitor=,,".to_owned());
     paths.push("/etcd/monitor?service=api".to_owned());

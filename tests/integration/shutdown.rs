@@ -55,20 +55,6 @@ fn sigint_deregisters_closes_sockets_and_exits_0() {
 }
 
 #[test]
-fn sigterm_stops_accepting() {
-    let _w = watchdog();
-    let etcd = Etcd::start();
-    let mut hound = Hound::start(&etcd, &[]);
-    let addr = hound.addr();
-    let (status, _) = hound.terminate(EXIT_LIMIT);
-    assert_eq!(status.code(), Some(0));
-    assert!(
-        try_request(addr, "GET", "/healthz", &[], b"").is_err(),
-        "nothing answers after exit"
-    );
-}
-
-#[test]
 fn sigterm_with_etcd_paused_still_exits_0_in_time() {
     let _w = watchdog();
     let etcd = Etcd::start();

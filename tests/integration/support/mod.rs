@@ -1,0 +1,24 @@
+//! The harness: a real etcd per test, the real `hound` binary, and small blocking HTTP, WebSocket
+//! and etcd clients that every wait bounds with a deadline. One file per part; everything public
+//! is re-exported here, so a test module needs only `use crate::support::*;`.
+
+#![allow(dead_code)] // Not every test module uses every helper.
+
+mod backend;
+mod etcd;
+mod hound;
+mod http;
+mod metrics;
+mod procs;
+mod secure;
+mod watchdog;
+mod ws;
+
+pub use backend::*;
+pub use etcd::*;
+pub use hound::*;
+pub use http::*;
+pub use metrics::*;
+pub use procs::*;
+pub use watchdog::*;
+pub use ws::*;
