@@ -269,3 +269,44 @@ fn a_100_kb_request_line_is_431_or_closed_and_hurts_nothing() {
     }
     assert_responsive(&mut hound);
 }
+
+/// A client that sends pings as fast as it can and never reads: hound's pongs cannot leave, so
+/// hound must stop reading it and let TCP push back, instead of buffering replies without end.
+#[test]
+fn a_client_that_floods_pings_and_never_reads_is_pushed_back() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &[]);
+    let mut ws = monitor_synced(&hound, &["api"]);
+    let stream = ws.get_mut();
+    stream
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let pings: Vec<u8> = raw_frame(0x9, &[b'p'; 125], None).repeat(512);
+    // Kernel buffers on both sides hold some megabytes; a hound that kept reading would take
+    // everything the client writes.
+    let ceiling = 64 * 1024 * 1024;
+    let mut written = 0;
+    let pushed_back = loop {
+        match stream.write(&pings) {
+            Ok(n) => written += n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break true;
+            }
+            Err(err) => panic!("hound dropped the flooding client: {err}"),
+        }
+        if written > ceiling {
+            break false;
+        }
+    };
+    assert!(
+        pushed_back,
+        "hound kept reading after {written} bytes of pings it could not answer"
+    );
+    assert_responsive(&mut hound);
+}
