@@ -1,17 +1,19 @@
 //! Starting and stopping hound: the etcd thread, the HTTP workers, and the graceful shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustix::process::{Resource, getrlimit, setrlimit};
+
 use crate::config::Config;
+use crate::context::Context;
 use crate::embedded::Embedded;
 use crate::error::{Error, Result};
 use crate::etcd::{Etcd, Settings};
 use crate::http::listener::Listener;
 use crate::hub::Hub;
-use crate::socket::signal::close_code;
+use crate::socket::close_code;
 use crate::store::Store;
 
 /// HTTP worker threads. REST answers are quick (memory reads); etcd round trips are bounded.
@@ -20,26 +22,14 @@ const HTTP_WORKERS: usize = 4;
 const DEREGISTER_BUDGET: Duration = Duration::from_millis(2500);
 const SOCKET_CLOSE_BUDGET: Duration = Duration::from_millis(1500);
 /// Descriptors kept back from the connection cap for etcd, the listener, files, and the
-/// descriptor searches' temporary duplicates (which fail, and lose a socket, if none is left).
+/// hand-over's momentary duplicate of each upgraded connection.
 const FD_RESERVE: u64 = 256;
-
-/// What request handlers and socket threads share.
-#[derive(Debug)]
-pub struct Context {
-    pub hub: Arc<Hub>,
-    pub store: Store,
-    pub ping_interval: Duration,
-    pub access: crate::http::access::Access,
-    /// The port hound listens on (the one chosen, if 0 was asked for).
-    pub port: u16,
-    /// Past this many open connections (HTTP and WebSocket), requests get 503.
-    pub max_connections: usize,
-}
+/// Descriptors per connection: tiny_http holds an HTTP connection twice (a read and a write
+/// clone); a WebSocket is its socket and its doorbell's eventfd.
+const FDS_PER_CONNECTION: u64 = 2;
 
 /// A running hound.
 pub struct App {
-    listener: Arc<Listener>,
-    stop_warden: Arc<AtomicBool>,
     context: Arc<Context>,
     workers: Vec<JoinHandle<()>>,
     local_addr: std::net::SocketAddr,
@@ -48,20 +38,18 @@ pub struct App {
 impl App {
     /// Binds the listener, starts the etcd thread and the HTTP workers.
     pub fn start(config: &Config) -> Result<App> {
-        let fd_limit = match crate::fds::raise_limit() {
+        let fd_limit = match raise_fd_limit() {
             Ok(limit) => limit,
             Err(err) => {
                 log::warn!("cannot raise the open file limit: {err}");
                 1024
             }
         };
-        // Each WebSocket holds three descriptors (tiny_http's two, an eventfd), an HTTP
-        // connection two.
-        let fd_budget =
-            usize::try_from(fd_limit.saturating_sub(FD_RESERVE) / 3).unwrap_or(usize::MAX);
+        let fd_budget = fd_limit.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION;
+        let fd_budget = usize::try_from(fd_budget).unwrap_or(usize::MAX);
         let max_connections = config.max_connections.unwrap_or(fd_budget).max(1);
         log::debug!("open file limit {fd_limit}; at most {max_connections} connections");
-        let listener = Listener::bind(config.listen)
+        let listener = Listener::bind(config.listen, config.idle_timeout, max_connections)
             .map_err(|err| Error::Config(format!("cannot listen on {}: {err}", config.listen)))?;
         let local_addr = listener.local_addr();
         let hub = Arc::new(Hub::default());
@@ -88,27 +76,19 @@ impl App {
         let context = Arc::new(Context {
             hub,
             store,
+            listener,
             ping_interval: config.ping_interval,
             access: config.access.clone(),
-            port: local_addr.port(),
-            max_connections,
         });
-        let listener = Arc::new(listener);
-        listener
-            .start_accept_check()
-            .map_err(|err| Error::Internal(format!("cannot start the accept check: {err}")))?;
         let mut workers = Vec::new();
         for n in 0..HTTP_WORKERS {
-            let (listener, context) = (listener.clone(), context.clone());
+            let context = context.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("http-{n}"))
-                .spawn(move || crate::http::serve(listener, context))
+                .spawn(move || crate::http::serve(context))
                 .map_err(|err| Error::Internal(format!("cannot start an HTTP worker: {err}")))?;
             workers.push(worker);
         }
-        let stop_warden = Arc::new(AtomicBool::new(false));
-        crate::http::warden::start(local_addr.port(), config.idle_timeout, stop_warden.clone())
-            .map_err(|err| Error::Internal(format!("cannot start the connection warden: {err}")))?;
         let backend = if config.embedded {
             "embedded store".to_owned()
         } else {
@@ -120,8 +100,6 @@ impl App {
             config.ttl
         );
         Ok(App {
-            listener,
-            stop_warden,
             context,
             workers,
             local_addr,
@@ -137,8 +115,7 @@ impl App {
     pub fn shutdown(self) {
         let started = Instant::now();
         log::info!("shutting down");
-        self.stop_warden.store(true, Ordering::Relaxed);
-        self.listener.stop();
+        self.context.listener.stop();
         self.context.hub.close_all(close_code::GOING_AWAY);
         if let Err(err) = self.context.store.deregister_all(DEREGISTER_BUDGET) {
             log::warn!("could not deregister everything: {err}; leases will expire");
@@ -154,4 +131,15 @@ impl App {
         }
         log::info!("stopped in {} ms", started.elapsed().as_millis());
     }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit and returns it.
+fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        setrlimit(Resource::Nofile, limit)?;
+    }
+    // No limit at all is as good as the largest number.
+    Ok(limit.current.unwrap_or(u64::MAX))
 }

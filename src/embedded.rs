@@ -15,7 +15,7 @@ use crate::membership::Mirror;
 use crate::message::KeyEvent;
 use crate::metrics;
 use crate::names::Node;
-use crate::socket::signal::close_code;
+use crate::socket::close_code;
 
 /// The member id `/etcd/leader` reports for both fields.
 pub const MEMBER_ID: u64 = 1;
@@ -214,8 +214,9 @@ impl Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Mailbox, SocketKind};
-    use crate::socket::signal::Signal;
+    use crate::hub::SocketKind;
+    use crate::socket::doorbell::Doorbell;
+    use crate::socket::mailbox::Mailbox;
 
     fn node(value: &str) -> Node {
         Node::parse_value(value).unwrap()
@@ -225,14 +226,14 @@ mod tests {
     fn register_takeover_and_deregister() {
         let hub = Arc::new(Hub::default());
         let store = Embedded::start(hub.clone(), 15, "service").unwrap();
-        let signal = Arc::new(Signal::new().unwrap());
-        let (mailbox, inbox) = Mailbox::new(16, Arc::default(), signal.clone());
+        let doorbell = Arc::new(Doorbell::new().unwrap());
+        let (mailbox, inbox) = Mailbox::new(16, Arc::default(), doorbell.clone());
         hub.subscribe(1, SocketKind::Register, vec!["api".into()], mailbox)
             .unwrap();
         let first = store.register("api", &node("10.0.0.1:80"), 1).unwrap();
         let second = store.register("api", &node("10.0.0.1:80"), 2).unwrap();
         assert!(second > first);
-        assert_eq!(signal.close_requested(), Some(close_code::SUPERSEDED));
+        assert_eq!(doorbell.close_requested(), Some(close_code::SUPERSEDED));
         assert_eq!(
             hub.membership("api").json(),
             r#"[{"ip":"10.0.0.1","port":80}]"#

@@ -3,18 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
 use crate::membership::{Membership, Mirror};
 use crate::message::{self, BROADCAST_NAMESPACE, Frame, KeyEvent};
 use crate::metrics;
 use crate::names::{EVERY_SERVICE, Node};
-use crate::socket::signal::{Signal, close_code};
-use crate::socket::wire::{SendNow, Wire};
+use crate::socket::close_code;
+use crate::socket::mailbox::{Mailbox, Undelivered};
 
 /// Identifies one WebSocket for as long as hound runs.
 pub type SocketId = u64;
@@ -49,80 +47,6 @@ pub enum Health {
 pub enum SocketKind {
     Register,
     Monitor,
-}
-
-/// The sending half of a socket: its connection (once the handshake is done), its bounded
-/// queue and its doorbell.
-#[derive(Debug, Clone)]
-pub struct Mailbox {
-    wire: Arc<Wire>,
-    queue: Sender<Frame>,
-    capacity: usize,
-    signal: Arc<Signal>,
-}
-
-/// A message could not be handed to a socket.
-enum Undelivered {
-    /// `capacity` messages are already waiting: the client does not read.
-    Full,
-    /// The socket thread is gone.
-    Gone,
-}
-
-impl Mailbox {
-    /// A mailbox holding at most `capacity` undelivered messages, and its receiving end.
-    pub fn new(
-        capacity: usize,
-        wire: Arc<Wire>,
-        signal: Arc<Signal>,
-    ) -> (Mailbox, Receiver<Frame>) {
-        // An unbounded channel bounded by hand: crossbeam's bounded channel allocates and
-        // writes every slot up front (40 KiB for 1,024), for every idle socket.
-        let (queue, inbox) = crossbeam_channel::unbounded();
-        let mailbox = Mailbox {
-            wire,
-            queue,
-            capacity,
-            signal,
-        };
-        (mailbox, inbox)
-    }
-
-    /// Writes `frame` to the connection at once if it can, without waiting (see
-    /// [`Wire::try_send_now`]); else queues it and wakes the socket thread, unless `capacity`
-    /// messages are already waiting. Only the hub sends, under its lock, so the length cannot
-    /// grow between the check and the send.
-    fn send(&self, frame: &Frame) -> Result<(), Undelivered> {
-        // Counted before the frame can arrive, so a client that reads /metrics after a
-        // message never finds it uncounted.
-        let send_now = || {
-            let nothing_queued = self.queue.is_empty();
-            if nothing_queued {
-                metrics::MESSAGES_SENT.add(1);
-            }
-            nothing_queued
-        };
-        match self.wire.try_send_now(frame.wire(), send_now) {
-            SendNow::Sent => return Ok(()),
-            SendNow::Backlogged => {
-                self.signal.wake();
-                return Ok(());
-            }
-            SendNow::Queue => {}
-        }
-        if self.queue.len() >= self.capacity {
-            return Err(Undelivered::Full);
-        }
-        metrics::MESSAGES_SENT.add(1);
-        self.queue
-            .try_send(frame.clone())
-            .map_err(|_| Undelivered::Gone)?;
-        // One wake per burst: a queue that already held messages has a wake pending.
-        if self.queue.len() <= 1 {
-            self.signal.wake();
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug)]
@@ -385,7 +309,7 @@ impl Hub {
     pub fn close_socket(&self, id: SocketId, code: u16) {
         let mut state = self.lock();
         if let Some(subscriber) = state.sockets.get(&id) {
-            subscriber.mailbox.signal.request_close(code);
+            subscriber.mailbox.request_close(code);
         }
         state.remove(id);
     }
@@ -395,7 +319,7 @@ impl Hub {
         let mut state = self.lock();
         state.closing = true;
         for subscriber in state.sockets.values() {
-            subscriber.mailbox.signal.request_close(code);
+            subscriber.mailbox.request_close(code);
         }
     }
 
@@ -456,7 +380,7 @@ impl State {
                 Err(Undelivered::Full) => {
                     metrics::SLOW_SOCKETS_CLOSED.add(1);
                     log::warn!("socket {id} does not read its messages; closing it (1013)");
-                    mailbox.signal.request_close(close_code::TRY_AGAIN_LATER);
+                    mailbox.request_close(close_code::TRY_AGAIN_LATER);
                     gone.push(*id);
                 }
                 Err(Undelivered::Gone) => gone.push(*id),
@@ -485,14 +409,17 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::socket::doorbell::Doorbell;
+    use crossbeam_channel::Receiver;
+    use std::sync::Arc;
 
     fn socket(
         hub: &Hub,
         services: &[&str],
         capacity: usize,
-    ) -> (SocketId, Receiver<Frame>, Arc<Signal>) {
-        let signal = Arc::new(Signal::new().unwrap());
-        let (mailbox, inbox) = Mailbox::new(capacity, Arc::default(), signal.clone());
+    ) -> (SocketId, Receiver<Frame>, Arc<Doorbell>) {
+        let doorbell = Arc::new(Doorbell::new().unwrap());
+        let (mailbox, inbox) = Mailbox::new(capacity, Arc::default(), doorbell.clone());
         let id = hub.next_socket_id();
         hub.subscribe(
             id,
@@ -501,7 +428,7 @@ mod tests {
             mailbox,
         )
         .unwrap();
-        (id, inbox, signal)
+        (id, inbox, doorbell)
     }
 
     fn node(value: &str) -> Node {
@@ -530,7 +457,7 @@ mod tests {
     #[test]
     fn a_full_queue_closes_only_that_socket() {
         let hub = Hub::default();
-        let (slow, _slow_inbox, slow_signal) = socket(&hub, &["api"], 2);
+        let (slow, _slow_inbox, slow_doorbell) = socket(&hub, &["api"], 2);
         let (_, fast_inbox, _) = socket(&hub, &["api"], 64);
         for port in 1..=10 {
             hub.apply(
@@ -542,7 +469,7 @@ mod tests {
             let _ = texts(&fast_inbox);
         }
         assert_eq!(
-            slow_signal.close_requested(),
+            slow_doorbell.close_requested(),
             Some(close_code::TRY_AGAIN_LATER)
         );
         assert_eq!(hub.socket_count(), 1);
@@ -591,10 +518,10 @@ mod tests {
     #[test]
     fn closing_refuses_new_subscribers() {
         let hub = Hub::default();
-        let (_, _, signal) = socket(&hub, &["a"], 4);
+        let (_, _, doorbell) = socket(&hub, &["a"], 4);
         hub.close_all(close_code::GOING_AWAY);
-        assert_eq!(signal.close_requested(), Some(close_code::GOING_AWAY));
-        let (mailbox, _) = Mailbox::new(4, Arc::default(), Arc::new(Signal::new().unwrap()));
+        assert_eq!(doorbell.close_requested(), Some(close_code::GOING_AWAY));
+        let (mailbox, _) = Mailbox::new(4, Arc::default(), Arc::new(Doorbell::new().unwrap()));
         assert!(
             hub.subscribe(99, SocketKind::Monitor, vec!["a".into()], mailbox)
                 .is_err()

@@ -5,10 +5,10 @@
 
 pub mod app;
 pub mod config;
+pub mod context;
 pub mod embedded;
 pub mod error;
 pub mod etcd;
-pub mod fds;
 pub mod http;
 pub mod hub;
 pub mod logging;
@@ -16,6 +16,7 @@ pub mod membership;
 pub mod message;
 pub mod metrics;
 pub mod names;
+pub mod reply;
 pub mod session;
 pub mod socket;
 pub mod stack;

@@ -7,22 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use tiny_http::{Header, Request, Response};
+use tiny_http::Request;
 use tungstenite::WebSocket;
 use tungstenite::protocol::Role;
 
-use crate::app::Context;
+use crate::context::Context;
 use crate::error::Error;
-use crate::http::respond_error;
-use crate::http::upgrade::SocketPlan;
-use crate::hub::{Mailbox, SocketId, SocketKind};
+use crate::http::listener::Listener;
+use crate::hub::{Hub, SocketId, SocketKind};
 use crate::message::Frame;
 use crate::metrics;
 use crate::names::Node;
-use crate::socket::signal::Signal;
+use crate::reply::respond_error;
+use crate::socket::doorbell::Doorbell;
+use crate::socket::mailbox::Mailbox;
 use crate::socket::stream::UpgradedStream;
 use crate::socket::wire::Wire;
 use crate::socket::{self, Ending, websocket_config};
+use crate::store::Store;
 
 /// Stack of a socket thread. The loop is shallow; small stacks keep 10,000 sockets cheap.
 const SOCKET_STACK: usize = 128 * 1024;
@@ -30,6 +32,19 @@ const SOCKET_STACK: usize = 128 * 1024;
 pub const QUEUE_CAPACITY: usize = 1024;
 /// How long a registration waits for hound's own watch to show its key (read-your-writes).
 const MIRROR_WAIT: Duration = Duration::from_secs(5);
+
+/// What a validated upgrade asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketPlan {
+    /// The node to register, under its service (register route only).
+    pub registration: Option<(String, Node)>,
+    /// Every service the socket hears about, each once.
+    pub services: Vec<String>,
+    /// The `Sec-WebSocket-Accept` value to answer with.
+    pub accept_key: String,
+    /// The route's label, for metrics.
+    pub route: &'static str,
+}
 
 /// Moves a validated upgrade to its own thread.
 pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
@@ -41,12 +56,13 @@ pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
         .stack_size(SOCKET_STACK)
         .spawn(move || {
             let mut cleanup = Cleanup {
-                context: &context,
+                hub: &context.hub,
+                store: &context.store,
                 id,
                 registration: None,
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| {
-                if let Some(open) = open(&mut cleanup, setup) {
+                if let Some(open) = open(&context, &mut cleanup, setup) {
                     // The set-up's deep frames are gone; the loop below runs for the socket's
                     // whole life in a few shallow pages.
                     crate::stack::release_unused();
@@ -65,16 +81,17 @@ pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
 
 /// Undoes what a socket set up, when its thread ends for any reason.
 struct Cleanup<'a> {
-    context: &'a Context,
+    hub: &'a Hub,
+    store: &'a Store,
     id: SocketId,
     registration: Option<(String, Node)>,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        self.context.hub.unsubscribe(self.id);
+        self.hub.unsubscribe(self.id);
         if let Some((service, node)) = &self.registration {
-            self.context.store.deregister(service, node, self.id);
+            self.store.deregister(service, node, self.id);
         }
     }
 }
@@ -83,7 +100,7 @@ impl Drop for Cleanup<'_> {
 struct Open {
     ws: WebSocket<UpgradedStream>,
     inbox: Receiver<Frame>,
-    signal: Arc<Signal>,
+    doorbell: Arc<Doorbell>,
     peer: SocketAddr,
 }
 
@@ -91,10 +108,13 @@ struct Open {
 /// socket could not be opened (the client got its answer). Never inlined: its frames are deep
 /// and must be gone before the socket settles into its loop.
 #[inline(never)]
-fn open(cleanup: &mut Cleanup<'_>, setup: Box<(Request, SocketPlan)>) -> Option<Open> {
+fn open(
+    context: &Context,
+    cleanup: &mut Cleanup<'_>,
+    setup: Box<(Request, SocketPlan)>,
+) -> Option<Open> {
     let (request, plan) = *setup;
     let plan = &plan;
-    let context = cleanup.context;
     let id = cleanup.id;
     let Some(peer) = request.remote_addr().copied() else {
         respond_error(
@@ -127,8 +147,8 @@ fn open(cleanup: &mut Cleanup<'_>, setup: Box<(Request, SocketPlan)>) -> Option<
         respond_error(request, plan.route, &err);
         return None;
     }
-    let signal = match Signal::new() {
-        Ok(signal) => Arc::new(signal),
+    let doorbell = match Doorbell::new() {
+        Ok(doorbell) => Arc::new(doorbell),
         Err(err) => {
             respond_error(
                 request,
@@ -141,7 +161,7 @@ fn open(cleanup: &mut Cleanup<'_>, setup: Box<(Request, SocketPlan)>) -> Option<
     // Room for the SYNCs on top of the usual queue (a `*` socket gets one per service).
     let syncs = plan.services.len() + context.hub.service_count();
     let wire = Arc::new(Wire::default());
-    let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY + syncs, wire.clone(), signal.clone());
+    let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY + syncs, wire.clone(), doorbell.clone());
     let kind = if plan.registration.is_some() {
         SocketKind::Register
     } else {
@@ -154,13 +174,15 @@ fn open(cleanup: &mut Cleanup<'_>, setup: Box<(Request, SocketPlan)>) -> Option<
         respond_error(request, plan.route, &err);
         return None;
     }
-    let ws = match handshake(request, &plan.accept_key, context.port, peer, wire) {
-        Ok(stream) => {
+    let ws = match handshake(request, &plan.accept_key, wire) {
+        Ok((stream, early_bytes)) => {
             metrics::count_request(plan.route, 101);
-            WebSocket::from_raw_socket(stream, Role::Server, Some(websocket_config()))
+            let config = Some(websocket_config());
+            WebSocket::from_partially_read(stream, early_bytes, Role::Server, config)
         }
         Err(err) => {
-            log::error!("socket {id} from {peer}: {err}");
+            // The client went away during the handshake, or hound is out of descriptors.
+            log::warn!("socket {id} from {peer}: the handshake failed: {err}");
             return None;
         }
     };
@@ -171,66 +193,53 @@ fn open(cleanup: &mut Cleanup<'_>, setup: Box<(Request, SocketPlan)>) -> Option<
     Some(Open {
         ws,
         inbox,
-        signal,
+        doorbell,
         peer,
     })
 }
 
 /// Serves an open socket until it ends.
 fn serve(open: Open, id: SocketId, ping_interval: Duration) {
-    let ending = socket::serve(open.ws, open.inbox, &open.signal, ping_interval);
+    let ending = socket::serve(open.ws, open.inbox, &open.doorbell, ping_interval);
     match ending {
         Ending::PeerLost(why) => log::info!("socket {id} from {} lost: {why}", open.peer),
         other => log::debug!("socket {id} from {} ended: {other:?}", open.peer),
     }
 }
 
-/// Sends the 101 and takes over the connection.
+/// Sends the 101 and takes over the connection, with any bytes the client sent early.
 fn handshake(
     request: Request,
     accept_key: &str,
-    port: u16,
-    peer: SocketAddr,
     wire: Arc<Wire>,
-) -> Result<UpgradedStream, String> {
-    let accept = Header::from_bytes(&b"Sec-WebSocket-Accept"[..], accept_key.as_bytes())
-        .map_err(|()| "the accept key is not a valid header value".to_owned())?;
-    let response = Response::empty(101).with_header(accept);
-    let upgraded = request.upgrade("websocket", response);
-    UpgradedStream::claim(upgraded, port, peer, wire).map_err(|err| err.to_string())
+) -> std::io::Result<(UpgradedStream, Vec<u8>)> {
+    let handed_over = Listener::hand_over(request, accept_key)?;
+    let stream = UpgradedStream::new(handed_over.stream, wire)?;
+    Ok((stream, handed_over.early_bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::embedded::Embedded;
-    use crate::hub::Hub;
-    use crate::store::Store;
 
     #[test]
     fn a_panicking_socket_thread_cleans_up() {
         let hub = Arc::new(Hub::default());
-        let store = Embedded::start(hub.clone(), 15, "service").unwrap();
-        let context = Context {
-            hub: hub.clone(),
-            store: Store::Embedded(store),
-            ping_interval: Duration::from_secs(15),
-            access: Default::default(),
-            port: 0,
-            max_connections: 10,
-        };
+        let store = Store::Embedded(Embedded::start(hub.clone(), 15, "service").unwrap());
         let node = Node::parse_value("10.0.0.1:80").unwrap();
         let outcome = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> () {
                     let _cleanup = Cleanup {
-                        context: &context,
+                        hub: &hub,
+                        store: &store,
                         id: 7,
                         registration: Some(("api".into(), node.clone())),
                     };
-                    context.store.register("api", &node, 7).unwrap();
-                    let signal = Arc::new(Signal::new().unwrap());
-                    let (mailbox, _inbox) = Mailbox::new(4, Arc::default(), signal);
+                    store.register("api", &node, 7).unwrap();
+                    let doorbell = Arc::new(Doorbell::new().unwrap());
+                    let (mailbox, _inbox) = Mailbox::new(4, Arc::default(), doorbell);
                     hub.subscribe(7, SocketKind::Register, vec!["api".into()], mailbox)
                         .unwrap();
                     assert_eq!(hub.service_names(), ["api"]);

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::hub::{Health, Hub, SocketId};
 use crate::metrics;
 use crate::names::Node;
-use crate::socket::signal::close_code;
+use crate::socket::close_code;
 
 /// The key segment under `<namespace>/` that marks explicit deregistrations. `~` cannot appear in
 /// a service name, so it never collides with a service. See `watch.rs` for how it is read.

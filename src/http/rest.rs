@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tiny_http::Request;
 
-use crate::app::Context;
+use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::etcd::CustomEvent;
 use crate::http::route::Route;

@@ -8,19 +8,7 @@ use crate::error::{Error, Result};
 use crate::http::query::Query;
 use crate::http::route::Route;
 use crate::names::{Host, Node, parse_monitor_list, parse_port, validate_service};
-
-/// What a validated upgrade asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketPlan {
-    /// The node to register, under its service (register route only).
-    pub registration: Option<(String, Node)>,
-    /// Every service the socket hears about, each once.
-    pub services: Vec<String>,
-    /// The `Sec-WebSocket-Accept` value to answer with.
-    pub accept_key: String,
-    /// The route's label, for metrics.
-    pub route: &'static str,
-}
+use crate::session::SocketPlan;
 
 /// Validates an upgrade request for the register or monitor route.
 pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPlan> {

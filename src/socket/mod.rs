@@ -4,20 +4,23 @@
 //! Blocking I/O needs a thread per connection; `poll` lets that one thread wait for both the
 //! client and the fan-out without a timer tick, so an idle socket costs no CPU.
 
-pub mod signal;
+pub mod close_code;
+pub mod doorbell;
+pub mod mailbox;
 pub mod stream;
 pub mod wire;
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use rustix::event::{PollFd, PollFlags, Timespec};
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::message::Frame;
-use signal::{Signal, close_code};
+use doorbell::Doorbell;
 use stream::UpgradedStream;
 
 /// How long a closing socket waits for the client's close frame before dropping the TCP
@@ -55,13 +58,9 @@ pub fn websocket_config() -> WebSocketConfig {
 pub fn serve(
     mut ws: WebSocket<UpgradedStream>,
     inbox: Receiver<Frame>,
-    signal: &Signal,
+    doorbell: &Doorbell,
     ping_interval: Duration,
 ) -> Ending {
-    if let Err(err) = ws.get_ref().tcp().set_nonblocking(true) {
-        return Ending::PeerLost(format!("cannot make the socket non-blocking: {err}"));
-    }
-    let socket_fd = ws.get_ref().as_raw_fd();
     let mut next_ping = Instant::now() + ping_interval;
     let mut unanswered_pings = 0u32;
     let mut closing: Option<(u16, Instant)> = None;
@@ -69,7 +68,7 @@ pub fn serve(
     loop {
         // Outgoing: a close request wins over queued messages.
         if closing.is_none()
-            && let Some(code) = signal.close_requested()
+            && let Some(code) = doorbell.close_requested()
         {
             ws.get_ref().wire().close_for_data();
             let frame = CloseFrame {
@@ -104,12 +103,12 @@ pub fn serve(
         // A client that sends (pings, say) but does not read would make hound's replies pile
         // up without bound: past a backlog, stop reading and let TCP push back on it.
         let read_paused = ws.get_ref().wire().unsent_len() > READ_PAUSE_BACKLOG;
-        let ready = match wait(socket_fd, !read_paused, write_blocked, signal, timeout) {
+        let ready = match wait(ws.get_ref(), !read_paused, write_blocked, doorbell, timeout) {
             Ok(ready) => ready,
             Err(err) => return Ending::PeerLost(format!("poll failed: {err}")),
         };
         if ready.doorbell {
-            signal.drain();
+            doorbell.drain();
         }
 
         // Incoming: read every complete frame available.
@@ -129,11 +128,11 @@ pub fn serve(
                     Ok(_) => unanswered_pings = 0,
                     Err(tungstenite::Error::Io(err)) if would_block(&err) => break,
                     Err(tungstenite::Error::Capacity(_)) => {
-                        signal.request_close(close_code::TOO_BIG);
+                        doorbell.request_close(close_code::TOO_BIG);
                         break;
                     }
                     Err(tungstenite::Error::Utf8(_)) => {
-                        signal.request_close(close_code::INVALID_DATA);
+                        doorbell.request_close(close_code::INVALID_DATA);
                         break;
                     }
                     Err(err) => return lost(closing, err),
@@ -191,42 +190,30 @@ struct Ready {
 /// Sleeps until the socket is readable (if `want_read`) or writable (if `want_write`), the
 /// connection breaks, the doorbell rings, or `timeout` passes.
 fn wait(
-    socket: i32,
+    socket: &impl AsFd,
     want_read: bool,
     want_write: bool,
-    signal: &Signal,
+    doorbell: &Doorbell,
     timeout: Duration,
 ) -> io::Result<Ready> {
-    let socket_events =
-        if want_read { libc::POLLIN } else { 0 } | if want_write { libc::POLLOUT } else { 0 };
+    let mut socket_events = PollFlags::empty();
+    socket_events.set(PollFlags::IN, want_read);
+    socket_events.set(PollFlags::OUT, want_write);
     let mut fds = [
-        libc::pollfd {
-            fd: socket,
-            events: socket_events,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: signal.raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
+        PollFd::new(socket, socket_events),
+        PollFd::new(doorbell, PollFlags::IN),
     ];
-    // Round up so a sub-millisecond wait does not spin at 0 ms.
-    let millis = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-    // SAFETY: `fds` is a valid, exclusively borrowed array of two pollfd for the whole call.
-    let count = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-    if count < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted {
-            return Ok(Ready {
-                socket: false,
-                doorbell: false,
-            });
-        }
-        return Err(err);
+    // A timeout too long for a timespec is as good as none.
+    let timeout = Timespec::try_from(timeout).ok();
+    match rustix::event::poll(&mut fds, timeout.as_ref()) {
+        Ok(_) => Ok(Ready {
+            socket: !fds[0].revents().is_empty(),
+            doorbell: !fds[1].revents().is_empty(),
+        }),
+        Err(rustix::io::Errno::INTR) => Ok(Ready {
+            socket: false,
+            doorbell: false,
+        }),
+        Err(err) => Err(err.into()),
     }
-    Ok(Ready {
-        socket: fds[0].revents != 0,
-        doorbell: fds[1].revents != 0,
-    })
 }

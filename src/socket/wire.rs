@@ -11,8 +11,11 @@
 //! and close frame) come through here too.
 
 use std::io;
-use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+
+use rustix::io::Errno;
+use rustix::net::SendFlags;
 
 /// Largest buffer of unsent bytes kept once it has drained.
 const KEEP_CAPACITY: usize = 16 * 1024;
@@ -38,7 +41,7 @@ pub struct Wire {
 #[derive(Debug, Default)]
 struct Out {
     /// The connection, from the moment the handshake is done until the thread lets it go.
-    fd: Option<RawFd>,
+    stream: Option<Arc<TcpStream>>,
     /// Bytes accepted but not yet taken by the kernel: the rest of a frame, and what follows.
     unsent: Vec<u8>,
     /// A close frame was (or is being) sent: no data frame may follow it.
@@ -50,15 +53,15 @@ impl Wire {
         self.out.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts writing to `fd`, a connected socket that stays open until [`Wire::detach`].
-    pub fn attach(&self, fd: RawFd) {
-        self.lock().fd = Some(fd);
+    /// Starts writing to `stream`, a connected, non-blocking socket.
+    pub fn attach(&self, stream: Arc<TcpStream>) {
+        self.lock().stream = Some(stream);
     }
 
-    /// Stops every write to the connection; call it before the descriptor is closed.
+    /// Stops every write to the connection and lets go of it.
     pub fn detach(&self) {
         let mut out = self.lock();
-        out.fd = None;
+        out.stream = None;
         out.unsent = Vec::new();
     }
 
@@ -78,7 +81,7 @@ impl Wire {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return SendNow::Queue,
         };
-        if out.fd.is_none() || out.closed || !out.unsent.is_empty() || !queue_empty() {
+        if out.stream.is_none() || out.closed || !out.unsent.is_empty() || !queue_empty() {
             return SendNow::Queue;
         }
         out.push(frame)
@@ -106,7 +109,7 @@ impl Wire {
     /// connection takes them, the rest kept in order.
     pub fn write(&self, bytes: &[u8]) -> io::Result<usize> {
         let mut out = self.lock();
-        if out.fd.is_none() {
+        if out.stream.is_none() {
             return Err(io::ErrorKind::NotConnected.into());
         }
         if out.unsent.is_empty() {
@@ -146,30 +149,21 @@ impl Out {
     /// everything: the bytes are lost with it, and the socket thread learns of the break from
     /// its own `poll` and read.
     fn send(&self, bytes: &[u8]) -> usize {
-        let Some(fd) = self.fd else {
+        let Some(stream) = &self.stream else {
             return bytes.len();
         };
         let mut sent = 0;
         while sent < bytes.len() {
-            let rest = &bytes[sent..];
-            // SAFETY: `fd` is an open socket while attached (the owner detaches before closing
-            // it, under this lock); `rest` is a valid buffer of `rest.len()` bytes.
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                sent += n as usize;
-                continue;
-            }
-            match io::Error::last_os_error().kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return sent,
-                _ => return bytes.len(),
+            // MSG_NOSIGNAL: a peer gone away must not raise SIGPIPE.
+            match rustix::net::send(
+                stream,
+                &bytes[sent..],
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => sent += n,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => return sent,
+                Err(_) => return bytes.len(),
             }
         }
         sent
@@ -179,15 +173,16 @@ impl Out {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::event::{PollFd, PollFlags, Timespec};
     use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsRawFd;
+    use std::net::TcpListener;
 
-    fn pair() -> (TcpStream, TcpStream) {
+    fn pair() -> (Arc<TcpStream>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        (server, client)
+        server.set_nonblocking(true).unwrap();
+        (Arc::new(server), client)
     }
 
     fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
@@ -201,7 +196,7 @@ mod tests {
         let (server, mut client) = pair();
         let wire = Wire::default();
         assert_eq!(wire.try_send_now(b"early", || true), SendNow::Queue);
-        wire.attach(server.as_raw_fd());
+        wire.attach(server);
         assert_eq!(wire.try_send_now(b"queued first", || false), SendNow::Queue);
         assert_eq!(wire.try_send_now(b"hello", || true), SendNow::Sent);
         assert_eq!(read_exactly(&mut client, 5), b"hello");
@@ -214,7 +209,7 @@ mod tests {
     fn what_the_connection_does_not_take_goes_first_later_in_order() {
         let (server, mut client) = pair();
         let wire = Wire::default();
-        wire.attach(server.as_raw_fd());
+        wire.attach(server.clone());
         // Far more than the socket buffers hold while the client does not read.
         let big: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
         assert_eq!(wire.try_send_now(&big, || true), SendNow::Backlogged);
@@ -226,13 +221,15 @@ mod tests {
         let mut rounds = 0;
         while wire.pump(|| queue.next()) {
             rounds += 1;
-            let mut writable = libc::pollfd {
-                fd: server.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
+            let mut writable = [PollFd::new(&*server, PollFlags::OUT)];
+            let five_seconds = Timespec {
+                tv_sec: 5,
+                tv_nsec: 0,
             };
-            // SAFETY: one valid pollfd, exclusively borrowed for the call.
-            assert!(unsafe { libc::poll(&mut writable, 1, 5_000) } > 0, "drains");
+            assert!(
+                rustix::event::poll(&mut writable, Some(&five_seconds)).unwrap() > 0,
+                "drains"
+            );
         }
         let got = reader.join().unwrap();
         assert!(rounds > 0);

@@ -6,11 +6,12 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::{ConnectionLimits, Request};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -34,6 +35,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // hound patch
+    limits: ConnectionLimits,
 }
 
 /// Error that can happen when reading a request.
@@ -44,6 +48,58 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// hound patch: the request line and headers passed `ConnectionLimits::max_head`
+    HeadTooLarge,
+}
+
+/// hound patch: what a request head may still take, in bytes and in time (from its first
+/// byte: waiting for the next request on a keep-alive connection is bounded by the socket's
+/// read timeout instead).
+struct HeadBudget {
+    bytes_left: Option<usize>,
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+}
+
+impl HeadBudget {
+    fn new(limits: &ConnectionLimits) -> HeadBudget {
+        HeadBudget {
+            bytes_left: limits.max_head,
+            timeout: limits.timeout,
+            deadline: None,
+        }
+    }
+
+    /// Counts one more byte of the head.
+    fn take_byte(&mut self) -> Result<(), ReadError> {
+        if let Some(left) = self.bytes_left.as_mut() {
+            if *left == 0 {
+                return Err(ReadError::HeadTooLarge);
+            }
+            *left -= 1;
+        }
+        match (self.deadline, self.timeout) {
+            (Some(deadline), _) if Instant::now() > deadline => Err(ReadError::ReadIoError(
+                IoError::new(ErrorKind::TimedOut, "the request head took too long"),
+            )),
+            (None, Some(timeout)) => {
+                self.deadline = Some(Instant::now() + timeout);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A read that timed out mid-head is a request timeout (408); before the head started,
+    /// the connection was merely idle.
+    fn read_error(&self, err: IoError) -> ReadError {
+        let timed_out = matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+        if timed_out && self.deadline.is_some() {
+            ReadError::ReadIoError(IoError::new(ErrorKind::TimedOut, err))
+        } else {
+            ReadError::ReadIoError(err)
+        }
+    }
 }
 
 impl ClientConnection {
@@ -51,6 +107,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: ConnectionLimits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +122,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
         }
     }
 
@@ -77,7 +135,7 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    fn read_next_line(&mut self, budget: &mut HeadBudget) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -85,14 +143,24 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(|err| budget.read_error(err))?,
+                None => {
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
+            budget.take_byte()?;
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| {
+                    ReadError::ReadIoError(IoError::new(
+                        ErrorKind::InvalidInput,
+                        "Header is not in ASCII",
+                    ))
+                });
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -104,10 +172,11 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        let mut budget = HeadBudget::new(&self.limits);
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(&mut budget)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,7 +187,7 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(&mut budget)?;
 
                     if line.is_empty() {
                         break;
@@ -143,6 +212,18 @@ impl ClientConnection {
         let mut data_source = self.source.next().unwrap();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
+        // hound patch: an upgraded connection's reader is kept whole, and typed, so that
+        // `Request::upgrade_into_tcp` can take the socket out of it.
+        let upgrade = headers
+            .iter()
+            .find(|h: &&crate::Header| h.field.equiv("Connection"))
+            .map_or(false, |h| h.value.as_str().to_ascii_lowercase().contains("upgrade"));
+        let (body_source, upgrade_source) = if upgrade {
+            (None, Some(data_source))
+        } else {
+            (Some(data_source), None)
+        };
+
         // building the next reader
         let request = crate::request::new_request(
             self.secure,
@@ -151,9 +232,13 @@ impl ClientConnection {
             version.clone(),
             headers,
             *self.remote_addr.as_ref().unwrap(),
-            data_source,
+            body_source.map_or_else(
+                || Box::new(std::io::empty()) as Box<dyn Read + Send>,
+                |source| Box::new(source) as Box<dyn Read + Send>,
+            ),
             writer,
         )
+        .map(|request| request.with_upgrade_source(upgrade_source))
         .map_err(|e| {
             use crate::request;
             match e {
@@ -211,6 +296,23 @@ impl Iterator for ClientConnection {
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
                     return None; // closing the connection
+                }
+
+                // hound patch
+                Err(ReadError::HeadTooLarge) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = match &self.limits.head_too_large_json {
+                        Some(json) => Response::from_string(json.to_string()).with_header(
+                            crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+                                .unwrap(),
+                        ),
+                        None => Response::from_string(String::new()),
+                    };
+                    response
+                        .with_status_code(StatusCode(431))
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None; // the rest of the head is unread: closing
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {

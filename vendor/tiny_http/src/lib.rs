@@ -99,8 +99,8 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -109,6 +109,7 @@ use std::time::Duration;
 use client::ClientConnection;
 use connection::Connection;
 use util::MessagesQueue;
+use util::RefinedTcpStream;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
@@ -140,6 +141,24 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // hound patch: connections accepted and not yet closed or handed over
+    connections: Arc<AtomicUsize>,
+}
+
+/// hound patch: limits applied to every connection of a server. The default sets none, as
+/// tiny-http 0.12 did.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionLimits {
+    /// The longest a read or a write on a connection may wait (`SO_RCVTIMEO`, `SO_SNDTIMEO`),
+    /// and the longest a request head may take to arrive from its first byte. Past it the
+    /// connection is closed.
+    pub timeout: Option<Duration>,
+    /// The largest request line plus headers, in bytes. Past it the client gets a
+    /// `431 Request Header Fields Too Large` and the connection is closed.
+    pub max_head: Option<usize>,
+    /// The body of that 431 answer, sent as `application/json` (`None`: an empty body).
+    pub head_too_large_json: Option<Arc<str>>,
 }
 
 enum Message {
@@ -161,6 +180,7 @@ impl From<Request> for Message {
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)] // hound patch: a compile-time check, which newer compilers warn about
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
@@ -243,6 +263,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, ConnectionLimits::default())
+    }
+
+    /// hound patch: like `from_listener`, with limits on every connection.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: ConnectionLimits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -285,6 +314,8 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let inside_connections = connections.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
@@ -293,8 +324,11 @@ impl Server {
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        if let Err(err) = sock.set_timeouts(limits.timeout) {
+                            log::error!("Error setting a new client's timeouts: {}", err);
+                            continue;
+                        }
+                        let halves = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -311,7 +345,9 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        halves.map(|(read_closable, write_closable)| {
+                            ClientConnection::new(write_closable, read_closable, limits.clone())
+                        })
                     }
                     Err(e) => Err(e),
                 };
@@ -320,7 +356,9 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
+                        let open = ConnectionCount::new(&inside_connections);
                         tasks_pool.spawn(Box::new(move || {
+                            let _open = &open;
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -338,10 +376,13 @@ impl Server {
                         }));
                     }
 
+                    // hound patch: out of descriptors or memory, or a connection reset
+                    // before it was accepted, are passing conditions: ending the accept
+                    // thread, as 0.12 did, would leave the port open and unserved. Wait
+                    // a moment (the pending connection stays in the backlog) and go on.
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        thread::sleep(Duration::from_millis(50));
                     }
                 }
             }
@@ -353,6 +394,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            connections,
         })
     }
 
@@ -371,9 +413,11 @@ impl Server {
     }
 
     /// Returns the number of clients currently connected to the server.
+    ///
+    /// hound patch: implemented. A connection counts from its accept until it is closed or
+    /// handed over by `Request::upgrade_into_tcp`.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.connections.load(Relaxed)
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
@@ -441,5 +485,21 @@ impl Drop for Server {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+/// hound patch: counts a connection for as long as its task lives.
+struct ConnectionCount(Arc<AtomicUsize>);
+
+impl ConnectionCount {
+    fn new(count: &Arc<AtomicUsize>) -> ConnectionCount {
+        count.fetch_add(1, Relaxed);
+        ConnectionCount(count.clone())
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }

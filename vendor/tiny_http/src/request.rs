@@ -1,13 +1,13 @@
 use std::io::Error as IoError;
-use std::io::{self, Cursor, ErrorKind, Read, Write};
+use std::io::{self, BufReader, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::{EqualReader, FusedReader, RefinedTcpStream, SequentialReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -74,7 +74,14 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // hound patch: for a `Connection: upgrade` request read from a connection, the whole rest
+    // of the connection (then `data_reader` is empty until `as_reader` asks for it)
+    upgrade_source: Option<UpgradeSource>,
 }
+
+/// hound patch: the reader of a connection, positioned just after an upgrade request's head.
+pub(crate) type UpgradeSource = SequentialReader<BufReader<RefinedTcpStream>>;
 
 struct NotifyOnDrop<R> {
     sender: Sender<()>,
@@ -238,6 +245,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        upgrade_source: None,
     })
 }
 
@@ -373,6 +381,7 @@ impl Request {
             self.must_send_continue = false;
         }
 
+        self.take_upgrade_source();
         self.data_reader.as_mut().unwrap()
     }
 
@@ -420,6 +429,7 @@ impl Request {
     fn extract_reader_impl(&mut self) -> Box<dyn Read + Send + 'static> {
         use std::mem;
 
+        self.take_upgrade_source();
         assert!(self.data_reader.is_some());
 
         let mut reader = None;
@@ -472,6 +482,67 @@ impl Request {
     pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
         self.notify_when_responded = Some(sender);
         self
+    }
+
+    /// hound patch: see `upgrade_source`.
+    pub(crate) fn with_upgrade_source(mut self, source: Option<UpgradeSource>) -> Self {
+        self.upgrade_source = source;
+        self
+    }
+
+    /// hound patch: sends `response` (a `101 Switching Protocols`), then hands the connection
+    /// itself to the caller: its `TcpStream` (blocking, without timeouts) and the bytes the
+    /// client sent after the request head that tiny-http had already read. Unlike `upgrade`,
+    /// tiny-http keeps no descriptor of the connection and its connection thread moves on at
+    /// once.
+    ///
+    /// Fails for a request without `Connection: upgrade`, on TLS and Unix connections (the
+    /// response is not sent then), and when the response cannot be sent; the connection is
+    /// closed on failure.
+    pub fn upgrade_into_tcp<R: Read>(
+        mut self,
+        protocol: &str,
+        response: Response<R>,
+    ) -> io::Result<(TcpStream, Vec<u8>)> {
+        let unsupported = |what| IoError::new(ErrorKind::Unsupported, what);
+        if self.secure || self.remote_addr.is_none() {
+            return Err(unsupported("only plain TCP connections can be handed over"));
+        }
+        let source = self
+            .upgrade_source
+            .take()
+            .ok_or_else(|| unsupported("not a `Connection: upgrade` request"))?;
+        let reader = source
+            .into_inner()
+            .ok_or_else(|| unsupported("an earlier request still reads the connection"))?;
+        let buffered = reader.buffer().to_vec();
+        // Taken before the response goes out: from here on, dropping tiny-http's halves of
+        // the connection (the writer below, among them) closes descriptors but never shuts
+        // the connection down.
+        let stream = reader
+            .into_inner()
+            .into_tcp()
+            .ok_or_else(|| unsupported("not a TCP connection"))??;
+        let mut writer = self.extract_writer_impl();
+        response.raw_print(
+            writer.by_ref(),
+            self.http_version.clone(),
+            &self.headers,
+            false,
+            Some(protocol),
+        )?;
+        writer.flush()?;
+        drop(writer);
+        stream.set_read_timeout(None)?;
+        stream.set_write_timeout(None)?;
+        Ok((stream, buffered))
+    }
+
+    /// hound patch: an upgrade request's body is the rest of the connection, as in 0.12.
+    fn take_upgrade_source(&mut self) {
+        if let Some(source) = self.upgrade_source.take() {
+            self.data_reader = Some(Box::new(source));
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -12,12 +14,14 @@ pub(crate) enum Stream {
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
+impl Stream {
+    // hound patch: cloning a socket can fail (no descriptor left); that must cost only this
+    // connection, not panic the accept thread.
+    fn try_clone(&self) -> IoResult<Self> {
         match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
         }
     }
 }
@@ -86,30 +90,49 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // hound patch: set when the connection was handed to the application
+    // (`Request::upgrade_into_tcp`); neither half may shut the socket down after that.
+    handed_over: Arc<AtomicBool>,
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let (read, write) = (stream.try_clone()?, stream);
+        let handed_over = Arc::new(AtomicBool::new(false));
 
         let read = RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            handed_over: handed_over.clone(),
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            handed_over,
         };
 
-        (read, write)
+        Ok((read, write))
+    }
+
+    /// hound patch: the plain TCP socket under this stream, for the application to own. Both
+    /// halves stop shutting the socket down when dropped; this half's descriptor is closed
+    /// (the returned stream is a new descriptor of the same socket) and so is the other half's
+    /// once tiny-http drops it. `None` for TLS and Unix connections.
+    pub(crate) fn into_tcp(self) -> Option<IoResult<TcpStream>> {
+        let tcp_stream = match &self.stream {
+            Stream::Http(Connection::Tcp(tcp_stream)) => tcp_stream,
+            _ => return None,
+        };
+        self.handed_over.store(true, Ordering::Release);
+        Some(tcp_stream.try_clone())
     }
 
     /// Returns true if this struct wraps around a secure connection.
@@ -125,6 +148,9 @@ impl RefinedTcpStream {
 
 impl Drop for RefinedTcpStream {
     fn drop(&mut self) {
+        if self.handed_over.load(Ordering::Acquire) {
+            return;
+        }
         if self.close_read {
             self.stream.shutdown(Shutdown::Read).ok();
         }

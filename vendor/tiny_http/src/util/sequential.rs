@@ -1,5 +1,5 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{Error as IoError, ErrorKind, Read, Write};
 
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
@@ -64,6 +64,20 @@ impl<R: Read + Send> SequentialReaderBuilder<R> {
     }
 }
 
+impl<R: Read + Send> SequentialReader<R> {
+    /// hound patch: the reader itself, if it is this reader's turn. The next reader in the
+    /// sequence then never gets it: its reads fail and its drop returns at once.
+    pub fn into_inner(mut self) -> Option<R> {
+        match mem::replace(&mut self.inner, SequentialReaderInner::Empty) {
+            SequentialReaderInner::MyTurn(reader) => Some(reader),
+            other => {
+                self.inner = other;
+                None
+            }
+        }
+    }
+}
+
 impl<W: Write + Send> SequentialWriterBuilder<W> {
     pub fn new(writer: W) -> SequentialWriterBuilder<W> {
         SequentialWriterBuilder {
@@ -114,7 +128,10 @@ impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         let mut reader = match self.inner {
             SequentialReaderInner::MyTurn(ref mut reader) => return reader.read(buf),
-            SequentialReaderInner::Waiting(ref mut recv) => recv.recv().unwrap(),
+            // hound patch: the previous reader kept the stream (`into_inner`): no panic.
+            SequentialReaderInner::Waiting(ref mut recv) => recv.recv().map_err(|_| {
+                IoError::new(ErrorKind::ConnectionAborted, "the connection was handed over")
+            })?,
             SequentialReaderInner::Empty => unreachable!(),
         };
 
@@ -156,8 +173,10 @@ where
                 self.next.send(reader).ok();
             }
             SequentialReaderInner::Waiting(recv) => {
-                let reader = recv.recv().unwrap();
-                self.next.send(reader).ok();
+                // hound patch: nothing to pass on if the previous reader kept the stream.
+                if let Ok(reader) = recv.recv() {
+                    self.next.send(reader).ok();
+                }
             }
             SequentialReaderInner::Empty => (),
         }

@@ -69,7 +69,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // hound patch: a thread that was woken for a queued task still counts as waiting
+        // until it takes it, so only waiting threads beyond the queued tasks are free. 0.12
+        // compared with zero and could queue a connection behind a busy thread for as long
+        // as that thread's keep-alive connection lived.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
