@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
 use crate::names::Node;
 
 /// Why a service message was sent.
@@ -37,23 +40,18 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// Frames `text` as one final text frame (RFC 6455, section 5.2).
+    /// Frames `text` as one final, unmasked text frame (RFC 6455, section 5.2).
     pub fn text(text: &str) -> Frame {
         let payload = text.as_bytes();
-        let mut bytes = Vec::with_capacity(payload.len() + 10);
-        bytes.push(0x81); // FIN, opcode 1 (text)
-        match payload.len() {
-            len @ 0..=125 => bytes.push(len as u8),
-            len @ 126..=0xFFFF => {
-                bytes.push(126);
-                bytes.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                bytes.push(127);
-                bytes.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        let header_len = bytes.len();
+        let header = FrameHeader {
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        let length = payload.len() as u64;
+        let header_len = header.len(length);
+        let mut bytes = Vec::with_capacity(header_len + payload.len());
+        // Writing to a Vec cannot fail.
+        let _ = header.format(length, &mut bytes);
         bytes.extend_from_slice(payload);
         Frame {
             bytes: bytes.into(),

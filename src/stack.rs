@@ -1,12 +1,16 @@
 //! Returns to the kernel the stack pages a socket thread touched while setting up, which its
 //! long, shallow serving loop never uses again.
 //!
-//! A socket thread registers, subscribes, writes the handshake and searches the descriptor
-//! table before it settles into `poll`; that touches a few pages of stack that would otherwise
-//! stay resident for the socket's whole life, in every one of thousands of threads.
+//! A socket thread registers, subscribes and completes the handshake before it settles into
+//! `poll`; that touches a few pages of stack that would otherwise stay resident for the
+//! socket's whole life, in every one of thousands of threads.
 
-/// Bytes kept below this function's frame: the calls it makes (libc's `madvise` wrapper, a
-/// few hundred bytes) run there. The serving loop's frames, below its caller's, may re-touch
+use std::ffi::c_void;
+
+use rustix::mm::{Advice, madvise};
+
+/// Bytes kept below this function's frame: the calls it makes (the `madvise` wrapper, a few
+/// hundred bytes) run there. The serving loop's frames, below its caller's, may re-touch
 /// released pages; they come back zero-filled, as for any stack that grows.
 const KEEP_BELOW: usize = 4 * 1024;
 
@@ -15,7 +19,7 @@ const KEEP_BELOW: usize = 4 * 1024;
 /// if touched again they come back as zero-filled pages. Best effort: errors are ignored.
 #[inline(never)]
 pub fn release_unused() {
-    let page = page_size();
+    let page = rustix::param::page_size();
     let Some(low) = stack_low() else {
         return;
     };
@@ -28,16 +32,8 @@ pub fn release_unused() {
         // SAFETY: [start, end) lies inside this thread's own stack mapping, entirely below
         // the live frames (see above); MADV_DONTNEED on private anonymous memory only drops
         // the pages' contents.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-        }
+        let _ = unsafe { madvise(start as *mut c_void, end - start, Advice::LinuxDontNeed) };
     }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096).max(4096)
 }
 
 /// The lowest address of this thread's stack.
@@ -75,7 +71,7 @@ mod tests {
 
     /// How many of the pages in [start, end) are resident.
     fn resident_pages(start: usize, end: usize) -> usize {
-        let page = page_size();
+        let page = rustix::param::page_size();
         let pages = (end - start) / page;
         let mut flags = vec![0u8; pages];
         // SAFETY: [start, end) is page-aligned memory of this thread's stack mapping, and
@@ -91,7 +87,7 @@ mod tests {
         std::thread::Builder::new()
             .stack_size(256 * 1024)
             .spawn(|| {
-                let page = page_size();
+                let page = rustix::param::page_size();
                 let low = (stack_low().unwrap() + page).next_multiple_of(page);
                 let marker = 0u8;
                 let here = (&raw const marker) as usize & !(page - 1);
