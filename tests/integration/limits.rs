@@ -65,7 +65,7 @@ fn serves_again_after_running_out_of_descriptors(limit: usize) {
 
     drop(idle);
     let freed = Instant::now();
-    // A silently dead accept thread is noticed after two failed accept checks (about 6 s).
+    // The accept thread retries every 50 ms; a dead one would never serve again.
     poll_until(
         Duration::from_secs(10),
         "hound to answer /healthz again after the idle connections closed",
