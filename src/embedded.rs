@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::etcd::{ClusterStatus, CustomEvent};
 use crate::hub::{Change, Health, Hub, SocketId};
+use crate::keys::ServiceKeys;
 use crate::membership::Mirror;
 use crate::message::KeyEvent;
 use crate::metrics;
@@ -45,7 +46,7 @@ pub struct Embedded {
     hub: Arc<Hub>,
     ttl: Duration,
     /// Only for log lines, which name keys as the etcd backend would.
-    namespace: Arc<str>,
+    keys: ServiceKeys,
 }
 
 impl Embedded {
@@ -58,7 +59,7 @@ impl Embedded {
             })),
             hub: hub.clone(),
             ttl: Duration::from_secs(ttl_seconds.max(1) as u64),
-            namespace: namespace.into(),
+            keys: ServiceKeys::new(namespace),
         };
         hub.resync(Mirror::default(), 1, false);
         hub.set_health(Health::Ok);
@@ -74,11 +75,6 @@ impl Embedded {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The key as the etcd backend would write it, for log lines.
-    fn key(&self, service: &str, node: &Node) -> String {
-        format!("{}/{service}/{node}", self.namespace)
-    }
-
     fn count_registrations(state: &State) {
         metrics::REGISTRATIONS.store(
             state.registrations.len() as u64,
@@ -87,7 +83,7 @@ impl Embedded {
     }
 
     pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> crate::Result<i64> {
-        let key = self.key(service, node);
+        let key = self.keys.registration(service, node);
         let mut state = self.lock();
         state.revision += 1;
         let revision = state.revision;
@@ -126,7 +122,7 @@ impl Embedded {
     }
 
     pub fn deregister(&self, service: &str, node: &Node, owner: SocketId) {
-        let key = self.key(service, node);
+        let key = self.keys.registration(service, node);
         let mut state = self.lock();
         if state
             .registrations
@@ -194,7 +190,7 @@ impl Embedded {
                 }
             }
             for (service, node) in expired {
-                let full_key = self.key(&service, &node);
+                let full_key = self.keys.registration(&service, &node);
                 log::warn!("lease of {full_key} is gone; registering it again");
                 metrics::LEASE_REGRANTS.add(1);
                 let key = node.to_string();

@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod fds;
 pub mod http;
 pub mod hub;
+pub(crate) mod keys;
 pub mod logging;
 pub mod membership;
 pub mod message;

@@ -21,13 +21,10 @@ use super::watch::{self, HealthState};
 use super::{ClusterStatus, Command, REQUEST_TIMEOUT, Settings, unavailable};
 use crate::error::{Error, Result};
 use crate::hub::{Health, Hub, SocketId};
+use crate::keys::ServiceKeys;
 use crate::metrics;
 use crate::names::Node;
 use crate::socket::signal::close_code;
-
-/// The key segment under `<namespace>/` that marks explicit deregistrations. `~` cannot appear in
-/// a service name, so it never collides with a service. See `watch.rs` for how it is read.
-pub(super) const TOMBSTONE_SEGMENT: &str = "~deregistered";
 
 /// One registration this hound keeps alive.
 #[derive(Debug)]
@@ -41,6 +38,7 @@ struct Held {
 struct Registry {
     client: Client,
     settings: Rc<Settings>,
+    keys: ServiceKeys,
     hub: Arc<Hub>,
     held: HashMap<String, Held>,
 }
@@ -78,10 +76,11 @@ pub(super) async fn serve(
         hub.clone(),
         health,
     ));
-    let publisher = Rc::new(Publisher::new(client.clone(), settings.event_prefix()));
+    let publisher = Rc::new(Publisher::new(client.clone(), settings.event_keys()));
 
     let mut registry = Registry {
         client,
+        keys: settings.service_keys(),
         settings,
         hub,
         held: HashMap::new(),
@@ -346,7 +345,7 @@ async fn status(client: &mut Client) -> Result<ClusterStatus> {
 
 impl Registry {
     async fn register(&mut self, service: &str, node: &Node, owner: SocketId) -> Result<i64> {
-        let key = self.settings.registration_key(service, node);
+        let key = self.keys.registration(service, node);
         let (lease, revision) = grant_and_put(&mut self.client, &key, node, self.settings.ttl)
             .await
             .map_err(unavailable)?;
@@ -385,14 +384,14 @@ impl Registry {
     }
 
     fn deregister(&mut self, service: &str, node: &Node, owner: SocketId) {
-        let key = self.settings.registration_key(service, node);
+        let key = self.keys.registration(service, node);
         if self.held.get(&key).is_none_or(|held| held.owner != owner) {
             return; // Taken over by a newer socket, or already gone.
         }
         if let Some(held) = self.held.remove(&key) {
             held.keeper.abort();
             log::info!("deregistering {key} (socket {owner})");
-            let tombstone = self.tombstone_key(service, node);
+            let tombstone = self.keys.tombstone(&key);
             spawn_local(delete_registration(
                 self.client.clone(),
                 key,
@@ -406,7 +405,7 @@ impl Registry {
         let mut deletions = Vec::new();
         for (key, held) in self.held.drain() {
             held.keeper.abort();
-            let tombstone = tombstone_for(&self.settings, &key);
+            let tombstone = self.keys.tombstone(&key);
             deletions.push(spawn_local(delete_registration(
                 self.client.clone(),
                 key,
@@ -418,19 +417,6 @@ impl Registry {
             let _ = deletion.await;
         }
     }
-
-    fn tombstone_key(&self, service: &str, node: &Node) -> String {
-        format!(
-            "{}/{TOMBSTONE_SEGMENT}/{service}/{node}",
-            self.settings.namespace
-        )
-    }
-}
-
-/// `<namespace>/~deregistered/<service>/<node>` for the key `<namespace>/<service>/<node>`.
-fn tombstone_for(settings: &Settings, key: &str) -> String {
-    let rest = key.strip_prefix(&settings.service_prefix()).unwrap_or(key);
-    format!("{}/{TOMBSTONE_SEGMENT}/{rest}", settings.namespace)
 }
 
 async fn grant_and_put(

@@ -12,12 +12,12 @@ use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchRe
 use super::Settings;
 use super::backoff::{Backoff, Throttle};
 use super::events;
-use super::registry::TOMBSTONE_SEGMENT;
 use crate::hub::{Change, Health, Hub};
+use crate::keys::ServiceKeys;
 use crate::membership::Mirror;
 use crate::message::KeyEvent;
 use crate::metrics;
-use crate::names::{Node, is_service_name};
+use crate::names::Node;
 
 /// How often the health probe asks etcd for its status.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -141,13 +141,14 @@ pub(super) async fn watch_services(
     hub: Arc<Hub>,
     health: Rc<HealthState>,
 ) {
-    let prefix = settings.service_prefix();
+    let keys = settings.service_keys();
+    let prefix = keys.prefix();
     let mut backoff = Backoff::new();
     let mut throttle = Throttle::default();
     let mut position = Position::default();
     loop {
         let opened = tokio::time::Instant::now();
-        let outcome = services_session(&mut client, &prefix, &hub, &health, &mut position).await;
+        let outcome = services_session(&mut client, &keys, &hub, &health, &mut position).await;
         *health.services_problem.borrow_mut() = outcome.reason();
         health.set(&hub, &health.services_watched, false, None);
         if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
@@ -270,14 +271,15 @@ async fn open_watch(
 
 async fn services_session(
     client: &mut Client,
-    prefix: &str,
+    keys: &ServiceKeys,
     hub: &Hub,
     health: &HealthState,
     position: &mut Position,
 ) -> Break {
+    let prefix = keys.prefix();
     let start = match position.resume_from {
         Some(revision) => revision,
-        None => match read_services(client, prefix).await {
+        None => match read_services(client, keys).await {
             Ok((mirror, revision, cluster)) => {
                 let everyone = std::mem::take(&mut position.resync_everyone);
                 let changed = hub.resync(mirror, revision, everyone);
@@ -313,7 +315,7 @@ async fn services_session(
         if response.created() {
             health.set(hub, &health.services_watched, true, None);
         }
-        let applied = apply_service_events(client, prefix, hub, &response).await;
+        let applied = apply_service_events(client, keys, hub, &response).await;
         if let Some(revision) = applied {
             position.resume_from = Some(revision + 1);
         }
@@ -324,16 +326,16 @@ async fn services_session(
 /// was read at.
 async fn read_services(
     client: &mut Client,
-    prefix: &str,
+    keys: &ServiceKeys,
 ) -> Result<(Mirror, i64, u64), etcd_client::Error> {
     let response = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .get(keys.prefix(), Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let cluster = response.header().map_or(0, |h| h.cluster_id());
     let mut mirror = Mirror::default();
     for kv in response.kvs() {
-        if let Some((service, key)) = split_service_key(prefix, kv)
+        if let Some((service, key)) = parse_registration(keys, kv)
             && let Some(node) = parse_node(kv)
         {
             mirror.put(service, key, node);
@@ -342,11 +344,9 @@ async fn read_services(
     Ok((mirror, revision, cluster))
 }
 
-/// `(<service>, <rest>)` of a key under the prefix whose service segment is a valid name.
-fn split_service_key<'a>(prefix: &str, kv: &'a KeyValue) -> Option<(&'a str, &'a str)> {
-    let rest = kv.key_str().ok()?.strip_prefix(prefix)?;
-    let (service, key) = rest.split_once('/')?;
-    (is_service_name(service) && !key.is_empty()).then_some((service, key))
+/// `(<service>, <node>)` of a registration key.
+fn parse_registration<'a>(keys: &ServiceKeys, kv: &'a KeyValue) -> Option<(&'a str, &'a str)> {
+    keys.parse_registration(kv.key_str().ok()?)
 }
 
 fn parse_node(kv: &KeyValue) -> Option<Node> {
@@ -364,17 +364,16 @@ fn parse_node(kv: &KeyValue) -> Option<Node> {
 /// Applies one watch response in order and returns the highest revision it covered.
 async fn apply_service_events(
     client: &mut Client,
-    prefix: &str,
+    keys: &ServiceKeys,
     hub: &Hub,
     response: &WatchResponse,
 ) -> Option<i64> {
-    let tombstone_prefix = format!("{prefix}{TOMBSTONE_SEGMENT}/");
-    // Keys deregistered explicitly by a hound in this response: `<service>/<rest>`.
-    let tombstones: HashSet<&str> = response
+    // Registrations deregistered explicitly by a hound in this response: `(service, node)`.
+    let tombstones: HashSet<(&str, &str)> = response
         .events()
         .iter()
         .filter(|event| event.event_type() == EventType::Put)
-        .filter_map(|event| event.kv()?.key_str().ok()?.strip_prefix(&tombstone_prefix))
+        .filter_map(|event| keys.parse_tombstone(event.kv()?.key_str().ok()?))
         .collect();
     let mut lease_alive: HashMap<i64, bool> = HashMap::new();
     let mut last = None;
@@ -382,7 +381,7 @@ async fn apply_service_events(
         let Some(kv) = event.kv() else { continue };
         let revision = kv.mod_revision();
         last = Some(revision);
-        let Some((service, key)) = split_service_key(prefix, kv) else {
+        let Some((service, key)) = parse_registration(keys, kv) else {
             hub.advance(revision);
             continue;
         };
@@ -393,9 +392,8 @@ async fn apply_service_events(
                 None => Change::Removed(KeyEvent::Delete),
             },
             EventType::Delete => {
-                let rest = &kv.key_str().unwrap_or_default()[prefix.len()..];
                 let lease = event.prev_kv().map_or(0, |prev| prev.lease());
-                let expired = if tombstones.contains(rest) || lease == 0 {
+                let expired = if tombstones.contains(&(service, key)) || lease == 0 {
                     false
                 } else if let Some(alive) = lease_alive.get(&lease) {
                     !alive
@@ -443,13 +441,14 @@ pub(super) async fn watch_events(
     hub: Arc<Hub>,
     health: Rc<HealthState>,
 ) {
-    let prefix = settings.event_prefix();
+    let keys = settings.event_keys();
+    let prefix = keys.prefix();
     let mut backoff = Backoff::new();
     let mut throttle = Throttle::default();
     let mut position = Position::default();
     loop {
         let opened = tokio::time::Instant::now();
-        let outcome = events_session(&mut client, &prefix, &hub, &health, &mut position).await;
+        let outcome = events_session(&mut client, prefix, &hub, &health, &mut position).await;
         *health.events_problem.borrow_mut() = outcome.reason();
         health.set(&hub, &health.events_watched, false, None);
         if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
@@ -463,7 +462,7 @@ pub(super) async fn watch_events(
             }
             Break::Compacted => {
                 log::warn!("event watch fell behind a compaction; replaying stored events");
-                match replay_stored_events(&mut client, &prefix, &hub, resume_from).await {
+                match replay_stored_events(&mut client, prefix, &hub, resume_from).await {
                     Ok(revision) => position.resume_from = Some(revision + 1),
                     Err(err) => {
                         log::warn!("cannot replay events: {err}");
