@@ -17,6 +17,7 @@ pub mod membership;
 pub mod message;
 pub mod metrics;
 pub mod names;
+pub(crate) mod owners;
 pub mod session;
 pub mod socket;
 pub mod stack;

@@ -2,7 +2,6 @@
 //! take over, delete.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,12 +23,11 @@ use crate::hub::{Health, Hub, SocketId};
 use crate::keys::ServiceKeys;
 use crate::metrics;
 use crate::names::Node;
-use crate::socket::signal::close_code;
+use crate::owners::{self, Owners, Replaced};
 
-/// One registration this hound keeps alive.
+/// How one registration this hound holds is kept alive.
 #[derive(Debug)]
 struct Held {
-    owner: SocketId,
     /// The current lease; the keeper replaces it if etcd forgets the old one.
     lease: Rc<Cell<i64>>,
     keeper: AbortHandle,
@@ -40,7 +38,7 @@ struct Registry {
     settings: Rc<Settings>,
     keys: ServiceKeys,
     hub: Arc<Hub>,
-    held: HashMap<String, Held>,
+    held: Owners<Held>,
 }
 
 /// Connects, starts the watches, then serves commands until the handle is dropped.
@@ -83,7 +81,7 @@ pub(super) async fn serve(
         keys: settings.service_keys(),
         settings,
         hub,
-        held: HashMap::new(),
+        held: Owners::default(),
     };
     while let Some(command) = commands.recv().await {
         match command {
@@ -358,39 +356,24 @@ impl Registry {
             self.settings.ttl,
         ))
         .abort_handle();
-        let held = Held {
-            owner,
-            lease,
-            keeper,
-        };
-        if let Some(previous) = self.held.insert(key.clone(), held) {
+        let replaced = self.held.hold(key.clone(), owner, Held { lease, keeper });
+        if let Some(Replaced { lease: held, .. }) = &replaced {
             // The key now points at the new lease, so revoking the old one deletes nothing.
-            previous.keeper.abort();
+            held.keeper.abort();
             let mut client = self.client.clone();
-            let old_lease = previous.lease.get();
+            let old_lease = held.lease.get();
             spawn_local(async move {
                 let _ = client.lease_revoke(old_lease).await;
             });
-            self.hub
-                .close_socket(previous.owner, close_code::SUPERSEDED);
-            log::info!(
-                "registered {key} (socket {owner}, took over from socket {})",
-                previous.owner
-            );
-        } else {
-            log::info!("registered {key} (socket {owner})");
         }
+        owners::registered(&self.hub, &key, owner, replaced.map(|r| r.owner));
         Ok(revision)
     }
 
     fn deregister(&mut self, service: &str, node: &Node, owner: SocketId) {
         let key = self.keys.registration(service, node);
-        if self.held.get(&key).is_none_or(|held| held.owner != owner) {
-            return; // Taken over by a newer socket, or already gone.
-        }
-        if let Some(held) = self.held.remove(&key) {
+        if let Some(held) = self.held.release(&key, owner) {
             held.keeper.abort();
-            log::info!("deregistering {key} (socket {owner})");
             let tombstone = self.keys.tombstone(&key);
             spawn_local(delete_registration(
                 self.client.clone(),
