@@ -1,5 +1,5 @@
-//! The two watches (service namespace, event namespace) and the health probe, each resuming
-//! where it left off after a break.
+//! The two watches (service namespace, event namespace), which share one loop that resumes
+//! where it left off after a break, and the health probe.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -13,7 +13,7 @@ use super::Settings;
 use super::backoff::{Backoff, Throttle};
 use super::events;
 use crate::hub::{Change, Health, Hub};
-use crate::keys::ServiceKeys;
+use crate::keys::{EventKeys, ServiceKeys};
 use crate::membership::Mirror;
 use crate::message::KeyEvent;
 use crate::metrics;
@@ -22,34 +22,37 @@ use crate::names::Node;
 /// How often the health probe asks etcd for its status.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The service watch's name in log lines and in `/healthz`.
+const SERVICE_WATCH: &str = "service watch";
+/// The event watch's name in log lines and in `/healthz`.
+const EVENT_WATCH: &str = "event watch";
+
 /// What the probe and the watches know; `/healthz` is OK only when all agree.
 #[derive(Debug, Default)]
 pub(super) struct HealthState {
     etcd_answers: Cell<bool>,
-    services_watched: Cell<bool>,
-    events_watched: Cell<bool>,
     problem: RefCell<String>,
-    /// Why each watch last broke, for `/healthz` while it is being reopened.
-    services_problem: RefCell<String>,
-    events_problem: RefCell<String>,
+    services: WatchHealth,
+    events: WatchHealth,
+}
+
+/// What one watch tells `/healthz`.
+#[derive(Debug, Default)]
+struct WatchHealth {
+    watched: Cell<bool>,
+    /// Why the watch last broke, for `/healthz` while it is being reopened.
+    problem: RefCell<String>,
 }
 
 impl HealthState {
     fn publish(&self, hub: &Hub) {
         let health = if !self.etcd_answers.get() {
             Health::Unavailable(format!("etcd does not answer: {}", self.problem.borrow()))
-        } else if !self.services_watched.get() || !self.events_watched.get() {
+        } else if !self.services.watched.get() || !self.events.watched.get() {
             let mut why = Vec::new();
-            for (name, watched, problem) in [
-                (
-                    "service watch",
-                    &self.services_watched,
-                    &self.services_problem,
-                ),
-                ("event watch", &self.events_watched, &self.events_problem),
-            ] {
-                if !watched.get() {
-                    let problem = problem.borrow();
+            for (name, watch) in [(SERVICE_WATCH, &self.services), (EVENT_WATCH, &self.events)] {
+                if !watch.watched.get() {
+                    let problem = watch.problem.borrow();
                     let problem = if problem.is_empty() {
                         "opening"
                     } else {
@@ -130,49 +133,6 @@ impl Break {
 impl From<etcd_client::Error> for Break {
     fn from(err: etcd_client::Error) -> Self {
         Break::Failed(err.to_string())
-    }
-}
-
-/// Mirrors the service namespace: reads it once, then watches from the next revision, and
-/// resumes from the last applied revision after a break (re-reading it if compacted).
-pub(super) async fn watch_services(
-    mut client: Client,
-    settings: Rc<Settings>,
-    hub: Arc<Hub>,
-    health: Rc<HealthState>,
-) {
-    let keys = settings.service_keys();
-    let prefix = keys.prefix();
-    let mut backoff = Backoff::new();
-    let mut throttle = Throttle::default();
-    let mut position = Position::default();
-    loop {
-        let opened = tokio::time::Instant::now();
-        let outcome = services_session(&mut client, &keys, &hub, &health, &mut position).await;
-        *health.services_problem.borrow_mut() = outcome.reason();
-        health.set(&hub, &health.services_watched, false, None);
-        if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
-            backoff.reset();
-        }
-        match outcome {
-            Break::Compacted => {
-                log::warn!("service watch fell behind a compaction; re-reading {prefix}");
-                metrics::WATCH_RESYNCS.add(1);
-                position.resume_from = None;
-            }
-            Break::Replaced(why) => {
-                metrics::WATCH_RESYNCS.add(1);
-                log::warn!("{why}; re-reading {prefix} and sending every socket a SYNC");
-                position = Position {
-                    resync_everyone: true,
-                    ..Position::default()
-                };
-            }
-            Break::Failed(why) => {
-                log::log!(throttle.level(), "service watch broke: {why}");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
     }
 }
 
@@ -269,34 +229,96 @@ async fn open_watch(
     }
 }
 
-async fn services_session(
+/// What one watch does with its prefix; the loop around it (open, resume, back off, reopen)
+/// is [`keep_watching`], shared by both watches.
+trait Feed {
+    /// Names the watch in log lines and in `/healthz`.
+    const NAME: &'static str;
+
+    /// The prefix watched.
+    fn prefix(&self) -> &str;
+
+    /// This watch's part of the health state.
+    fn health(state: &HealthState) -> &WatchHealth;
+
+    /// Gets ready to watch from `position` and returns the options to watch with.
+    async fn options(
+        &self,
+        client: &mut Client,
+        hub: &Hub,
+        position: &mut Position,
+    ) -> Result<WatchOptions, Break>;
+
+    /// Applies one response and moves `position` past what it covered.
+    async fn apply(
+        &self,
+        client: &mut Client,
+        hub: &Hub,
+        position: &mut Position,
+        response: &WatchResponse,
+    );
+
+    /// Catches up after the revision to resume from was compacted.
+    async fn catch_up(
+        &self,
+        client: &mut Client,
+        hub: &Hub,
+        position: &mut Position,
+        backoff: &mut Backoff,
+    );
+
+    /// Starts afresh after etcd was replaced or wiped (`why` says how).
+    fn start_afresh(&self, why: &str, position: &mut Position);
+}
+
+/// Runs one watch for good: a session at a time, and after each break the feed's recovery
+/// (compaction, replaced cluster) or a back-off. The back-off starts again from its shortest
+/// delay after a session that delivered something or lasted [`WATCH_STABLE`].
+async fn keep_watching<F: Feed>(
+    mut client: Client,
+    feed: F,
+    hub: Arc<Hub>,
+    health: Rc<HealthState>,
+) {
+    let mut backoff = Backoff::new();
+    let mut throttle = Throttle::default();
+    let mut position = Position::default();
+    loop {
+        let opened = tokio::time::Instant::now();
+        let outcome = session(&mut client, &feed, &hub, &health, &mut position).await;
+        let watch = F::health(&health);
+        *watch.problem.borrow_mut() = outcome.reason();
+        health.set(&hub, &watch.watched, false, None);
+        if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
+            backoff.reset();
+        }
+        match outcome {
+            Break::Compacted => {
+                feed.catch_up(&mut client, &hub, &mut position, &mut backoff)
+                    .await;
+            }
+            Break::Replaced(why) => feed.start_afresh(&why, &mut position),
+            Break::Failed(why) => {
+                log::log!(throttle.level(), "{} broke: {why}", F::NAME);
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// One watch session: opens the watch and applies its responses until it breaks.
+async fn session<F: Feed>(
     client: &mut Client,
-    keys: &ServiceKeys,
+    feed: &F,
     hub: &Hub,
     health: &HealthState,
     position: &mut Position,
 ) -> Break {
-    let prefix = keys.prefix();
-    let start = match position.resume_from {
-        Some(revision) => revision,
-        None => match read_services(client, keys).await {
-            Ok((mirror, revision, cluster)) => {
-                let everyone = std::mem::take(&mut position.resync_everyone);
-                let changed = hub.resync(mirror, revision, everyone);
-                position.cluster = Some(cluster);
-                log::info!("read {prefix} at revision {revision}; {changed} services changed");
-                revision + 1
-            }
-            Err(err) => return err.into(),
-        },
+    let options = match feed.options(client, hub, position).await {
+        Ok(options) => options,
+        Err(end) => return end,
     };
-    position.resume_from = Some(start);
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_prev_key()
-        .with_progress_notify()
-        .with_start_revision(start);
-    let (mut stream, first) = match open_watch(client, prefix, options, position).await {
+    let (mut stream, first) = match open_watch(client, feed.prefix(), options, position).await {
         Ok(opened) => opened,
         Err(end) => return end,
     };
@@ -313,12 +335,112 @@ async fn services_session(
             position.delivered = true;
         }
         if response.created() {
-            health.set(hub, &health.services_watched, true, None);
+            health.set(hub, &F::health(health).watched, true, None);
         }
-        let applied = apply_service_events(client, keys, hub, &response).await;
+        feed.apply(client, hub, position, &response).await;
+    }
+}
+
+/// Mirrors the service namespace: reads it once, then watches from the next revision, and
+/// resumes from the last applied revision after a break (re-reading it if compacted).
+pub(super) async fn watch_services(
+    client: Client,
+    settings: Rc<Settings>,
+    hub: Arc<Hub>,
+    health: Rc<HealthState>,
+) {
+    let feed = ServiceFeed {
+        keys: settings.service_keys(),
+    };
+    keep_watching(client, feed, hub, health).await;
+}
+
+/// The service watch: registrations into the hub's mirror.
+struct ServiceFeed {
+    keys: ServiceKeys,
+}
+
+impl Feed for ServiceFeed {
+    const NAME: &'static str = SERVICE_WATCH;
+
+    fn prefix(&self) -> &str {
+        self.keys.prefix()
+    }
+
+    fn health(state: &HealthState) -> &WatchHealth {
+        &state.services
+    }
+
+    /// Watches from the revision after the last one applied; with nothing to resume from,
+    /// reads the namespace first and resyncs the hub with it.
+    async fn options(
+        &self,
+        client: &mut Client,
+        hub: &Hub,
+        position: &mut Position,
+    ) -> Result<WatchOptions, Break> {
+        let start = match position.resume_from {
+            Some(revision) => revision,
+            None => {
+                let (mirror, revision, cluster) = read_services(client, &self.keys).await?;
+                let everyone = std::mem::take(&mut position.resync_everyone);
+                let changed = hub.resync(mirror, revision, everyone);
+                position.cluster = Some(cluster);
+                log::info!(
+                    "read {} at revision {revision}; {changed} services changed",
+                    self.prefix()
+                );
+                revision + 1
+            }
+        };
+        position.resume_from = Some(start);
+        Ok(WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(start))
+    }
+
+    async fn apply(
+        &self,
+        client: &mut Client,
+        hub: &Hub,
+        position: &mut Position,
+        response: &WatchResponse,
+    ) {
+        let applied = apply_service_events(client, &self.keys, hub, response).await;
         if let Some(revision) = applied {
             position.resume_from = Some(revision + 1);
         }
+    }
+
+    /// Re-reads the namespace at the next session.
+    async fn catch_up(
+        &self,
+        _client: &mut Client,
+        _hub: &Hub,
+        position: &mut Position,
+        _backoff: &mut Backoff,
+    ) {
+        log::warn!(
+            "{SERVICE_WATCH} fell behind a compaction; re-reading {}",
+            self.prefix()
+        );
+        metrics::WATCH_RESYNCS.add(1);
+        position.resume_from = None;
+    }
+
+    /// Re-reads the namespace at the next session and sends every socket a SYNC.
+    fn start_afresh(&self, why: &str, position: &mut Position) {
+        metrics::WATCH_RESYNCS.add(1);
+        log::warn!(
+            "{why}; re-reading {} and sending every socket a SYNC",
+            self.prefix()
+        );
+        *position = Position {
+            resync_everyone: true,
+            ..Position::default()
+        };
     }
 }
 
@@ -436,81 +558,57 @@ async fn lease_is_alive(client: &mut Client, lease: i64) -> bool {
 /// Delivers custom events written under the event namespace, resuming after a break; if the
 /// revision to resume from was compacted, replays the events still stored instead.
 pub(super) async fn watch_events(
-    mut client: Client,
+    client: Client,
     settings: Rc<Settings>,
     hub: Arc<Hub>,
     health: Rc<HealthState>,
 ) {
-    let keys = settings.event_keys();
-    let prefix = keys.prefix();
-    let mut backoff = Backoff::new();
-    let mut throttle = Throttle::default();
-    let mut position = Position::default();
-    loop {
-        let opened = tokio::time::Instant::now();
-        let outcome = events_session(&mut client, prefix, &hub, &health, &mut position).await;
-        *health.events_problem.borrow_mut() = outcome.reason();
-        health.set(&hub, &health.events_watched, false, None);
-        if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
-            backoff.reset();
-        }
-        let resume_from = position.resume_from;
-        match outcome {
-            Break::Replaced(why) => {
-                log::warn!("{why}; watching events afresh");
-                position = Position::default();
-            }
-            Break::Compacted => {
-                log::warn!("event watch fell behind a compaction; replaying stored events");
-                match replay_stored_events(&mut client, prefix, &hub, resume_from).await {
-                    Ok(revision) => position.resume_from = Some(revision + 1),
-                    Err(err) => {
-                        log::warn!("cannot replay events: {err}");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                }
-            }
-            Break::Failed(why) => {
-                log::log!(throttle.level(), "event watch broke: {why}");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
+    let feed = EventFeed {
+        keys: settings.event_keys(),
+    };
+    keep_watching(client, feed, hub, health).await;
 }
 
-async fn events_session(
-    client: &mut Client,
-    prefix: &str,
-    hub: &Hub,
-    health: &HealthState,
-    position: &mut Position,
-) -> Break {
-    let mut options = WatchOptions::new()
-        .with_prefix()
-        .with_progress_notify()
-        .with_filters([etcd_client::WatchFilterType::NoDelete]);
-    if let Some(revision) = position.resume_from {
-        options = options.with_start_revision(revision);
+/// The event watch: custom events to their subscribers.
+struct EventFeed {
+    keys: EventKeys,
+}
+
+impl Feed for EventFeed {
+    const NAME: &'static str = EVENT_WATCH;
+
+    fn prefix(&self) -> &str {
+        self.keys.prefix()
     }
-    let (mut stream, first) = match open_watch(client, prefix, options, position).await {
-        Ok(opened) => opened,
-        Err(end) => return end,
-    };
-    let mut first = Some(first);
-    loop {
-        let response = match first.take() {
-            Some(response) => response,
-            None => match next_response(&mut stream, position).await {
-                Ok(response) => response,
-                Err(end) => return end,
-            },
-        };
-        if !response.created() {
-            position.delivered = true;
+
+    fn health(state: &HealthState) -> &WatchHealth {
+        &state.events
+    }
+
+    /// Watches from the revision to resume from, or from now.
+    async fn options(
+        &self,
+        _client: &mut Client,
+        _hub: &Hub,
+        position: &mut Position,
+    ) -> Result<WatchOptions, Break> {
+        let mut options = WatchOptions::new()
+            .with_prefix()
+            .with_progress_notify()
+            .with_filters([etcd_client::WatchFilterType::NoDelete]);
+        if let Some(revision) = position.resume_from {
+            options = options.with_start_revision(revision);
         }
-        if response.created() {
-            health.set(hub, &health.events_watched, true, None);
-        }
+        Ok(options)
+    }
+
+    async fn apply(
+        &self,
+        _client: &mut Client,
+        hub: &Hub,
+        position: &mut Position,
+        response: &WatchResponse,
+    ) {
         let header_revision = response.header().map_or(0, |h| h.revision());
         for event in response.events() {
             if let Some(kv) = event.kv() {
@@ -526,6 +624,30 @@ async fn events_session(
         if (fresh || progress) && header_revision > 0 {
             position.resume_from = Some(header_revision + 1);
         }
+    }
+
+    /// Replays the events still stored from the revision to resume from, then watches on.
+    async fn catch_up(
+        &self,
+        client: &mut Client,
+        hub: &Hub,
+        position: &mut Position,
+        backoff: &mut Backoff,
+    ) {
+        log::warn!("{EVENT_WATCH} fell behind a compaction; replaying stored events");
+        match replay_stored_events(client, self.prefix(), hub, position.resume_from).await {
+            Ok(revision) => position.resume_from = Some(revision + 1),
+            Err(err) => {
+                log::warn!("cannot replay events: {err}");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+
+    /// Watches from now: events of a cluster that is gone cannot be replayed.
+    fn start_afresh(&self, why: &str, position: &mut Position) {
+        log::warn!("{why}; watching events afresh");
+        *position = Position::default();
     }
 }
 
@@ -556,4 +678,42 @@ async fn replay_stored_events(
         deliver_stored_event(hub, kv);
     }
     Ok(response.header().map_or(0, |h| h.revision()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(hub: &Hub) -> String {
+        match hub.health() {
+            Health::Ok => "ok".into(),
+            Health::Unavailable(why) => why,
+        }
+    }
+
+    #[test]
+    fn healthz_names_the_watch_that_is_down_and_why() {
+        let hub = Hub::default();
+        let health = HealthState::default();
+        health.set(&hub, &health.etcd_answers, false, Some("refused".into()));
+        assert_eq!(reason(&hub), "etcd does not answer: refused");
+        health.set(&hub, &health.etcd_answers, true, None);
+        assert_eq!(
+            reason(&hub),
+            "the etcd watches are reconnecting: service watch: opening; event watch: opening"
+        );
+        health.set(&hub, &ServiceFeed::health(&health).watched, true, None);
+        *EventFeed::health(&health).problem.borrow_mut() = Break::Compacted.reason();
+        health.set(&hub, &EventFeed::health(&health).watched, false, None);
+        assert_eq!(
+            reason(&hub),
+            "the etcd watches are reconnecting: event watch: fell behind a compaction"
+        );
+        health.set(&hub, &EventFeed::health(&health).watched, true, None);
+        assert_eq!(reason(&hub), "ok");
+        assert_eq!(
+            (ServiceFeed::NAME, EventFeed::NAME),
+            (SERVICE_WATCH, EVENT_WATCH)
+        );
+    }
 }
