@@ -452,26 +452,40 @@ fn max_connections(given: Option<String>) -> Result<Option<usize>> {
 
 /// `--log-level`, in any case.
 fn log_level(level: &str) -> Result<LevelFilter> {
-    match level.to_ascii_lowercase().as_str() {
-        "error" => Ok(LevelFilter::Error),
-        "warn" => Ok(LevelFilter::Warn),
-        "info" => Ok(LevelFilter::Info),
-        "debug" => Ok(LevelFilter::Debug),
-        "trace" => Ok(LevelFilter::Trace),
-        _ => Err(Error::Config(format!(
-            "--log-level {level:?} is not one of error, warn, info, debug, trace"
-        ))),
-    }
+    one_of(
+        "--log-level",
+        level,
+        &[
+            ("error", LevelFilter::Error),
+            ("warn", LevelFilter::Warn),
+            ("info", LevelFilter::Info),
+            ("debug", LevelFilter::Debug),
+            ("trace", LevelFilter::Trace),
+        ],
+    )
 }
 
 /// `--log-format`, in any case.
 fn log_format(format: &str) -> Result<LogFormat> {
-    match format.to_ascii_lowercase().as_str() {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(Error::Config(format!(
-            "--log-format {format:?} is not one of text, json"
-        ))),
+    one_of(
+        "--log-format",
+        format,
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    )
+}
+
+/// The choice `text` names, in any case.
+fn one_of<T: Copy>(flag: &str, text: &str, choices: &[(&str, T)]) -> Result<T> {
+    let wanted = text.to_ascii_lowercase();
+    match choices.iter().find(|(name, _)| *name == wanted) {
+        Some(&(_, choice)) => Ok(choice),
+        None => {
+            let names: Vec<&str> = choices.iter().map(|&(name, _)| name).collect();
+            Err(Error::Config(format!(
+                "{flag} {text:?} is not one of {}",
+                names.join(", ")
+            )))
+        }
     }
 }
 
@@ -629,6 +643,18 @@ mod tests {
             assert!(matches!(err, Error::Config(_)), "{args:?} gave {err:?}");
             assert!(!err.to_string().contains('\n'), "{args:?}: one line please");
         }
+    }
+
+    #[test]
+    fn a_bad_choice_names_the_choices() {
+        let level = run(&["--log-level", "loud"], &[]).unwrap_err().to_string();
+        assert!(
+            level.ends_with(r#"--log-level "loud" is not one of error, warn, info, debug, trace"#)
+        );
+        let format = run(&[], &[("HOUND_LOG_FORMAT", "xml")])
+            .unwrap_err()
+            .to_string();
+        assert!(format.ends_with(r#"--log-format "xml" is not one of text, json"#));
     }
 
     #[test]

@@ -95,10 +95,6 @@ impl EventKeys {
 mod tests {
     use super::*;
 
-    fn node(value: &str) -> Node {
-        Node::parse_value(value).unwrap()
-    }
-
     #[test]
     fn registrations_round_trip() {
         let keys = ServiceKeys::new("service");
@@ -108,7 +104,7 @@ mod tests {
             ("A-z_0.9", "[::1]:8080"),
             ("db", "db.local:5432"),
         ] {
-            let key = keys.registration(service, &node(value));
+            let key = keys.registration(service, &Node::parse_value(value).unwrap());
             assert_eq!(key, format!("service/{service}/{value}"));
             assert_eq!(keys.parse_registration(&key), Some((service, value)));
         }
@@ -117,7 +113,7 @@ mod tests {
     #[test]
     fn nested_namespaces_round_trip() {
         let keys = ServiceKeys::new("team/prod");
-        let key = keys.registration("api", &node("10.0.0.1:80"));
+        let key = keys.registration("api", &Node::parse_value("10.0.0.1:80").unwrap());
         assert_eq!(key, "team/prod/api/10.0.0.1:80");
         assert_eq!(keys.parse_registration(&key), Some(("api", "10.0.0.1:80")));
         let tombstone = keys.tombstone(&key);
@@ -131,7 +127,7 @@ mod tests {
     #[test]
     fn tombstones_round_trip_and_are_not_registrations() {
         let keys = ServiceKeys::new("service");
-        let key = keys.registration("api", &node("[::1]:80"));
+        let key = keys.registration("api", &Node::parse_value("[::1]:80").unwrap());
         let tombstone = keys.tombstone(&key);
         assert_eq!(tombstone, "service/~deregistered/api/[::1]:80");
         assert_eq!(keys.parse_tombstone(&tombstone), Some(("api", "[::1]:80")));

@@ -16,7 +16,7 @@ use tokio::task::{AbortHandle, spawn_local};
 
 use super::backoff::{Backoff, Throttle};
 use super::events::Publisher;
-use super::watch::{self, HealthState};
+use super::watch;
 use super::{ClusterStatus, Command, REQUEST_TIMEOUT, Settings, unavailable};
 use crate::error::{Error, Result};
 use crate::hub::{Health, Hub, SocketId};
@@ -56,24 +56,7 @@ pub(super) async fn serve(
     if settings.endpoints.len() > 1 {
         spawn_local(track_endpoints(client.clone(), settings.clone()));
     }
-    let health = Rc::new(HealthState::default());
-    spawn_local(watch::probe_health(
-        client.clone(),
-        hub.clone(),
-        health.clone(),
-    ));
-    spawn_local(watch::watch_services(
-        client.clone(),
-        settings.clone(),
-        hub.clone(),
-        health.clone(),
-    ));
-    spawn_local(watch::watch_events(
-        client.clone(),
-        settings.clone(),
-        hub.clone(),
-        health,
-    ));
+    watch::spawn(&client, &settings, &hub);
     let publisher = Rc::new(Publisher::new(client.clone(), settings.event_keys()));
 
     let mut registry = Registry {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use tokio::task::spawn_local;
 
 use super::Settings;
 use super::backoff::{Backoff, Throttle};
@@ -27,9 +28,23 @@ const SERVICE_WATCH: &str = "service watch";
 /// The event watch's name in log lines and in `/healthz`.
 const EVENT_WATCH: &str = "event watch";
 
+/// Starts the health probe and the two watches, which report to `/healthz` together.
+pub(super) fn spawn(client: &Client, settings: &Settings, hub: &Arc<Hub>) {
+    let health = Rc::new(HealthState::default());
+    spawn_local(probe_health(client.clone(), hub.clone(), health.clone()));
+    let services = ServiceFeed {
+        keys: settings.service_keys(),
+    };
+    spawn_local(keep_watching(services, Watch::new(client, hub, &health)));
+    let events = EventFeed {
+        keys: settings.event_keys(),
+    };
+    spawn_local(keep_watching(events, Watch::new(client, hub, &health)));
+}
+
 /// What the probe and the watches know; `/healthz` is OK only when all agree.
 #[derive(Debug, Default)]
-pub(super) struct HealthState {
+struct HealthState {
     etcd_answers: Cell<bool>,
     problem: RefCell<String>,
     services: WatchHealth,
@@ -82,7 +97,7 @@ impl HealthState {
 
 /// Asks etcd for its status every second so `/healthz` turns 503 soon after etcd stops
 /// answering, even while no request is under way.
-pub(super) async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<HealthState>) {
+async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<HealthState>) {
     let mut ever_answered = false;
     let mut first = true;
     loop {
@@ -229,6 +244,27 @@ async fn open_watch(
     }
 }
 
+/// One watch: its connection, where it reports, and how far it got.
+struct Watch {
+    client: Client,
+    hub: Arc<Hub>,
+    health: Rc<HealthState>,
+    position: Position,
+    backoff: Backoff,
+}
+
+impl Watch {
+    fn new(client: &Client, hub: &Arc<Hub>, health: &Rc<HealthState>) -> Watch {
+        Watch {
+            client: client.clone(),
+            hub: hub.clone(),
+            health: health.clone(),
+            position: Position::default(),
+            backoff: Backoff::new(),
+        }
+    }
+}
+
 /// What one watch does with its prefix; the loop around it (open, resume, back off, reopen)
 /// is [`keep_watching`], shared by both watches.
 trait Feed {
@@ -241,31 +277,14 @@ trait Feed {
     /// This watch's part of the health state.
     fn health(state: &HealthState) -> &WatchHealth;
 
-    /// Gets ready to watch from `position` and returns the options to watch with.
-    async fn options(
-        &self,
-        client: &mut Client,
-        hub: &Hub,
-        position: &mut Position,
-    ) -> Result<WatchOptions, Break>;
+    /// Gets ready to watch from `watch.position` and returns the options to watch with.
+    async fn options(&self, watch: &mut Watch) -> Result<WatchOptions, Break>;
 
-    /// Applies one response and moves `position` past what it covered.
-    async fn apply(
-        &self,
-        client: &mut Client,
-        hub: &Hub,
-        position: &mut Position,
-        response: &WatchResponse,
-    );
+    /// Applies one response and moves `watch.position` past what it covered.
+    async fn apply(&self, watch: &mut Watch, response: &WatchResponse);
 
     /// Catches up after the revision to resume from was compacted.
-    async fn catch_up(
-        &self,
-        client: &mut Client,
-        hub: &Hub,
-        position: &mut Position,
-        backoff: &mut Backoff,
-    );
+    async fn catch_up(&self, watch: &mut Watch);
 
     /// Starts afresh after etcd was replaced or wiped (`why` says how).
     fn start_afresh(&self, why: &str, position: &mut Position);
@@ -274,51 +293,41 @@ trait Feed {
 /// Runs one watch for good: a session at a time, and after each break the feed's recovery
 /// (compaction, replaced cluster) or a back-off. The back-off starts again from its shortest
 /// delay after a session that delivered something or lasted [`WATCH_STABLE`].
-async fn keep_watching<F: Feed>(
-    mut client: Client,
-    feed: F,
-    hub: Arc<Hub>,
-    health: Rc<HealthState>,
-) {
-    let mut backoff = Backoff::new();
+async fn keep_watching<F: Feed>(feed: F, mut watch: Watch) {
     let mut throttle = Throttle::default();
-    let mut position = Position::default();
     loop {
         let opened = tokio::time::Instant::now();
-        let outcome = session(&mut client, &feed, &hub, &health, &mut position).await;
-        let watch = F::health(&health);
-        *watch.problem.borrow_mut() = outcome.reason();
-        health.set(&hub, &watch.watched, false, None);
-        if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
-            backoff.reset();
+        let outcome = session(&feed, &mut watch).await;
+        let health = F::health(&watch.health);
+        *health.problem.borrow_mut() = outcome.reason();
+        watch.health.set(&watch.hub, &health.watched, false, None);
+        if std::mem::take(&mut watch.position.delivered) || opened.elapsed() >= WATCH_STABLE {
+            watch.backoff.reset();
         }
         match outcome {
-            Break::Compacted => {
-                feed.catch_up(&mut client, &hub, &mut position, &mut backoff)
-                    .await;
-            }
-            Break::Replaced(why) => feed.start_afresh(&why, &mut position),
+            Break::Compacted => feed.catch_up(&mut watch).await,
+            Break::Replaced(why) => feed.start_afresh(&why, &mut watch.position),
             Break::Failed(why) => {
                 log::log!(throttle.level(), "{} broke: {why}", F::NAME);
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(watch.backoff.next_delay()).await;
             }
         }
     }
 }
 
 /// One watch session: opens the watch and applies its responses until it breaks.
-async fn session<F: Feed>(
-    client: &mut Client,
-    feed: &F,
-    hub: &Hub,
-    health: &HealthState,
-    position: &mut Position,
-) -> Break {
-    let options = match feed.options(client, hub, position).await {
+async fn session<F: Feed>(feed: &F, watch: &mut Watch) -> Break {
+    let options = match feed.options(watch).await {
         Ok(options) => options,
         Err(end) => return end,
     };
-    let (mut stream, first) = match open_watch(client, feed.prefix(), options, position).await {
+    let opened = open_watch(
+        &mut watch.client,
+        feed.prefix(),
+        options,
+        &mut watch.position,
+    );
+    let (mut stream, first) = match opened.await {
         Ok(opened) => opened,
         Err(end) => return end,
     };
@@ -326,36 +335,25 @@ async fn session<F: Feed>(
     loop {
         let response = match first.take() {
             Some(response) => response,
-            None => match next_response(&mut stream, position).await {
+            None => match next_response(&mut stream, &mut watch.position).await {
                 Ok(response) => response,
                 Err(end) => return end,
             },
         };
         if !response.created() {
-            position.delivered = true;
+            watch.position.delivered = true;
         }
         if response.created() {
-            health.set(hub, &F::health(health).watched, true, None);
+            let health = F::health(&watch.health);
+            watch.health.set(&watch.hub, &health.watched, true, None);
         }
-        feed.apply(client, hub, position, &response).await;
+        feed.apply(watch, &response).await;
     }
 }
 
-/// Mirrors the service namespace: reads it once, then watches from the next revision, and
-/// resumes from the last applied revision after a break (re-reading it if compacted).
-pub(super) async fn watch_services(
-    client: Client,
-    settings: Rc<Settings>,
-    hub: Arc<Hub>,
-    health: Rc<HealthState>,
-) {
-    let feed = ServiceFeed {
-        keys: settings.service_keys(),
-    };
-    keep_watching(client, feed, hub, health).await;
-}
-
-/// The service watch: registrations into the hub's mirror.
+/// The service watch mirrors the service namespace: it reads it once, then watches from the
+/// next revision, and resumes from the last applied revision after a break (re-reading it if
+/// compacted).
 struct ServiceFeed {
     keys: ServiceKeys,
 }
@@ -373,18 +371,15 @@ impl Feed for ServiceFeed {
 
     /// Watches from the revision after the last one applied; with nothing to resume from,
     /// reads the namespace first and resyncs the hub with it.
-    async fn options(
-        &self,
-        client: &mut Client,
-        hub: &Hub,
-        position: &mut Position,
-    ) -> Result<WatchOptions, Break> {
+    async fn options(&self, watch: &mut Watch) -> Result<WatchOptions, Break> {
+        let position = &mut watch.position;
         let start = match position.resume_from {
             Some(revision) => revision,
             None => {
-                let (mirror, revision, cluster) = read_services(client, &self.keys).await?;
+                let (mirror, revision, cluster) =
+                    read_services(&mut watch.client, &self.keys).await?;
                 let everyone = std::mem::take(&mut position.resync_everyone);
-                let changed = hub.resync(mirror, revision, everyone);
+                let changed = watch.hub.resync(mirror, revision, everyone);
                 position.cluster = Some(cluster);
                 log::info!(
                     "read {} at revision {revision}; {changed} services changed",
@@ -401,33 +396,21 @@ impl Feed for ServiceFeed {
             .with_start_revision(start))
     }
 
-    async fn apply(
-        &self,
-        client: &mut Client,
-        hub: &Hub,
-        position: &mut Position,
-        response: &WatchResponse,
-    ) {
-        let applied = apply_service_events(client, &self.keys, hub, response).await;
-        if let Some(revision) = applied {
-            position.resume_from = Some(revision + 1);
+    async fn apply(&self, watch: &mut Watch, response: &WatchResponse) {
+        let applied = apply_service_events(&mut watch.client, &self.keys, &watch.hub, response);
+        if let Some(revision) = applied.await {
+            watch.position.resume_from = Some(revision + 1);
         }
     }
 
     /// Re-reads the namespace at the next session.
-    async fn catch_up(
-        &self,
-        _client: &mut Client,
-        _hub: &Hub,
-        position: &mut Position,
-        _backoff: &mut Backoff,
-    ) {
+    async fn catch_up(&self, watch: &mut Watch) {
         log::warn!(
             "{SERVICE_WATCH} fell behind a compaction; re-reading {}",
             self.prefix()
         );
         metrics::WATCH_RESYNCS.add(1);
-        position.resume_from = None;
+        watch.position.resume_from = None;
     }
 
     /// Re-reads the namespace at the next session and sends every socket a SYNC.
@@ -555,21 +538,8 @@ async fn lease_is_alive(client: &mut Client, lease: i64) -> bool {
     }
 }
 
-/// Delivers custom events written under the event namespace, resuming after a break; if the
-/// revision to resume from was compacted, replays the events still stored instead.
-pub(super) async fn watch_events(
-    client: Client,
-    settings: Rc<Settings>,
-    hub: Arc<Hub>,
-    health: Rc<HealthState>,
-) {
-    let feed = EventFeed {
-        keys: settings.event_keys(),
-    };
-    keep_watching(client, feed, hub, health).await;
-}
-
-/// The event watch: custom events to their subscribers.
+/// The event watch delivers custom events written under the event namespace, resuming after a
+/// break; if the revision to resume from was compacted, it replays the events still stored.
 struct EventFeed {
     keys: EventKeys,
 }
@@ -586,33 +556,23 @@ impl Feed for EventFeed {
     }
 
     /// Watches from the revision to resume from, or from now.
-    async fn options(
-        &self,
-        _client: &mut Client,
-        _hub: &Hub,
-        position: &mut Position,
-    ) -> Result<WatchOptions, Break> {
+    async fn options(&self, watch: &mut Watch) -> Result<WatchOptions, Break> {
         let mut options = WatchOptions::new()
             .with_prefix()
             .with_progress_notify()
             .with_filters([etcd_client::WatchFilterType::NoDelete]);
-        if let Some(revision) = position.resume_from {
+        if let Some(revision) = watch.position.resume_from {
             options = options.with_start_revision(revision);
         }
         Ok(options)
     }
 
-    async fn apply(
-        &self,
-        _client: &mut Client,
-        hub: &Hub,
-        position: &mut Position,
-        response: &WatchResponse,
-    ) {
+    async fn apply(&self, watch: &mut Watch, response: &WatchResponse) {
+        let position = &mut watch.position;
         let header_revision = response.header().map_or(0, |h| h.revision());
         for event in response.events() {
             if let Some(kv) = event.kv() {
-                deliver_stored_event(hub, kv);
+                deliver_stored_event(&watch.hub, kv);
                 position.resume_from = Some(kv.mod_revision() + 1);
             }
         }
@@ -627,19 +587,14 @@ impl Feed for EventFeed {
     }
 
     /// Replays the events still stored from the revision to resume from, then watches on.
-    async fn catch_up(
-        &self,
-        client: &mut Client,
-        hub: &Hub,
-        position: &mut Position,
-        backoff: &mut Backoff,
-    ) {
+    async fn catch_up(&self, watch: &mut Watch) {
         log::warn!("{EVENT_WATCH} fell behind a compaction; replaying stored events");
-        match replay_stored_events(client, self.prefix(), hub, position.resume_from).await {
-            Ok(revision) => position.resume_from = Some(revision + 1),
+        let from = watch.position.resume_from;
+        match replay_stored_events(&mut watch.client, self.prefix(), &watch.hub, from).await {
+            Ok(revision) => watch.position.resume_from = Some(revision + 1),
             Err(err) => {
                 log::warn!("cannot replay events: {err}");
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(watch.backoff.next_delay()).await;
             }
         }
     }
