@@ -113,11 +113,7 @@ struct RawArgs {
     embedded: bool,
     bind: Option<String>,
     port: Option<String>,
-    etcd: Option<String>,
-    etcd_ca: Option<String>,
-    etcd_cert: Option<String>,
-    etcd_key: Option<String>,
-    etcd_user: Option<String>,
+    etcd: RawEtcdArgs,
     ttl: Option<String>,
     namespace: Option<String>,
     event_namespace: Option<String>,
@@ -128,6 +124,16 @@ struct RawArgs {
     allow_origin: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
+}
+
+/// The etcd flags as given: endpoints and security.
+#[derive(Debug, Default)]
+struct RawEtcdArgs {
+    endpoints: Option<String>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    user: Option<String>,
 }
 
 /// Parses `args` (without the program name), falling back to `env` for each unset flag.
@@ -146,11 +152,13 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         embedded: args.contains("--embedded"),
         bind: flag(&mut args, ["-b", "--bind"])?,
         port: flag(&mut args, ["-p", "--port"])?,
-        etcd: flag(&mut args, "--etcd")?,
-        etcd_ca: flag(&mut args, "--etcd-ca")?,
-        etcd_cert: flag(&mut args, "--etcd-cert")?,
-        etcd_key: flag(&mut args, "--etcd-key")?,
-        etcd_user: flag(&mut args, "--etcd-user")?,
+        etcd: RawEtcdArgs {
+            endpoints: flag(&mut args, "--etcd")?,
+            ca: flag(&mut args, "--etcd-ca")?,
+            cert: flag(&mut args, "--etcd-cert")?,
+            key: flag(&mut args, "--etcd-key")?,
+            user: flag(&mut args, "--etcd-user")?,
+        },
         ttl: flag(&mut args, "--ttl")?,
         namespace: flag(&mut args, "--namespace")?,
         event_namespace: flag(&mut args, "--event-namespace")?,
@@ -190,191 +198,45 @@ fn flag<K: Into<pico_args::Keys>>(
     })
 }
 
+/// Where each setting comes from: its flag if given, else its environment variable.
+struct Sources<'e> {
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+impl Sources<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        (self.env)(name)
+    }
+
+    /// The flag's value, else the variable's.
+    fn given(&self, flag: Option<String>, var: &str) -> Option<String> {
+        flag.or_else(|| self.var(var))
+    }
+
+    /// The flag's value, else the variable's, else `default`.
+    fn pick(&self, flag: Option<String>, var: &str, default: &str) -> String {
+        self.given(flag, var).unwrap_or_else(|| default.to_owned())
+    }
+}
+
 impl Config {
+    /// Validates one setting after another; the first bad one is the error reported.
     fn from_raw(raw: RawArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let pick = |given: Option<String>, var: &str, default: &str| {
-            given
-                .or_else(|| env(var))
-                .unwrap_or_else(|| default.to_owned())
-        };
-        let bind = pick(raw.bind, "HOUND_BIND", "127.0.0.1");
-        let port = pick(raw.port, "HOUND_PORT", "3000");
-        let port: u16 = port.parse().map_err(|_| {
-            Error::Config(format!("--port {port:?} is not a port number (0-65535)"))
-        })?;
-        let listen = resolve(&bind, port)?;
-        let embedded = raw.embedded
-            || match env("HOUND_EMBEDDED").as_deref() {
-                None | Some("" | "0" | "false") => false,
-                Some("1" | "true") => true,
-                Some(other) => {
-                    return Err(Error::Config(format!(
-                        "HOUND_EMBEDDED={other:?} is not 1, true, 0 or false"
-                    )));
-                }
-            };
-        let etcd_flags = [
-            &raw.etcd,
-            &raw.etcd_user,
-            &raw.etcd_ca,
-            &raw.etcd_cert,
-            &raw.etcd_key,
-        ];
-        if embedded && etcd_flags.iter().any(|flag| flag.is_some()) {
-            return Err(Error::Config(
-                "--embedded runs without etcd; drop the --etcd flags".into(),
-            ));
-        }
-        let etcd = pick(raw.etcd, "HOUND_ETCD", "http://127.0.0.1:2379");
-        let etcd_endpoints = parse_endpoints(&etcd)?;
-        // Read and sanity-check PEM files now, so a wrong path or file is one clear error at
-        // start-up rather than an endless 503 with a transport error.
-        let read = |flag: &str, path: String, marker: &str| {
-            let pem = std::fs::read(&path)
-                .map_err(|err| Error::Config(format!("{flag} {path:?} cannot be read: {err}")))?;
-            if !String::from_utf8_lossy(&pem).contains(marker) {
-                return Err(Error::Config(format!(
-                    "{flag} {path:?} holds no PEM {}",
-                    marker
-                        .trim_start_matches("-----BEGIN ")
-                        .to_ascii_lowercase()
-                )));
-            }
-            Ok(pem)
-        };
-        const CERTIFICATE: &str = "-----BEGIN CERTIFICATE";
-        const KEY: &str = "PRIVATE KEY-----";
-        let ca_pem = match raw.etcd_ca.or_else(|| env("HOUND_ETCD_CA")) {
-            Some(path) => Some(read("--etcd-ca", path, CERTIFICATE)?),
-            None => None,
-        };
-        let cert = raw.etcd_cert.or_else(|| env("HOUND_ETCD_CERT"));
-        let key = raw.etcd_key.or_else(|| env("HOUND_ETCD_KEY"));
-        let identity_pem = match (cert, key) {
-            (Some(cert), Some(key)) => Some((
-                read("--etcd-cert", cert, CERTIFICATE)?,
-                read("--etcd-key", key, KEY)?,
-            )),
-            (None, None) => None,
-            _ => {
-                return Err(Error::Config(
-                    "--etcd-cert and --etcd-key go together".into(),
-                ));
-            }
-        };
-        let uses_tls = etcd_endpoints.iter().any(|e| e.starts_with("https://"));
-        if (ca_pem.is_some() || identity_pem.is_some()) && !uses_tls {
-            return Err(Error::Config(
-                "--etcd-ca, --etcd-cert and --etcd-key need https:// endpoints".into(),
-            ));
-        }
-        if uses_tls && ca_pem.is_none() {
-            return Err(Error::Config(
-                "https:// endpoints need --etcd-ca (hound trusts no CA by default)".into(),
-            ));
-        }
-        if uses_tls && etcd_endpoints.iter().any(|e| e.starts_with("http://")) {
-            return Err(Error::Config(
-                "--etcd endpoints must be all http:// or all https://".into(),
-            ));
-        }
-        let user = match raw.etcd_user.or_else(|| env("HOUND_ETCD_USER")) {
-            Some(user) => {
-                let password = env("HOUND_ETCD_PASSWORD").ok_or_else(|| {
-                    Error::Config(format!(
-                        "--etcd-user {user:?} needs its password in HOUND_ETCD_PASSWORD"
-                    ))
-                })?;
-                Some((user, password))
-            }
-            None => None,
-        };
-        let etcd_security = EtcdSecurity {
-            ca_pem,
-            identity_pem,
-            user,
-        };
-        let ttl = pick(raw.ttl, "HOUND_TTL", "15");
-        let ttl = match ttl.parse::<i64>() {
-            Ok(ttl) if (1..=86_400).contains(&ttl) => ttl,
-            _ => {
-                return Err(Error::Config(format!(
-                    "--ttl {ttl:?} is not a number of seconds from 1 to 86400"
-                )));
-            }
-        };
-        let namespace = pick(raw.namespace, "HOUND_NAMESPACE", "service");
-        check_namespace("--namespace", &namespace)?;
-        let event_namespace = pick(raw.event_namespace, "HOUND_EVENT_NAMESPACE", "event");
-        check_namespace("--event-namespace", &event_namespace)?;
-        let nested = |outer: &str, inner: &str| inner.starts_with(&format!("{outer}/"));
-        if namespace == event_namespace
-            || nested(&namespace, &event_namespace)
-            || nested(&event_namespace, &namespace)
-        {
-            return Err(Error::Config(
-                "--namespace and --event-namespace must differ and not contain each other".into(),
-            ));
-        }
-        let ping = pick(raw.ping_interval, "HOUND_PING_INTERVAL", "15");
+        let from = Sources { env: &env };
+        let listen = listen_address(&from, raw.bind, raw.port)?;
+        let embedded = embedded(&from, raw.embedded)?;
+        let (etcd_endpoints, etcd_security) = etcd_settings(&from, raw.etcd, embedded)?;
+        let ttl = ttl(&from.pick(raw.ttl, "HOUND_TTL", "15"))?;
+        let (namespace, event_namespace) = namespaces(&from, raw.namespace, raw.event_namespace)?;
+        let ping = from.pick(raw.ping_interval, "HOUND_PING_INTERVAL", "15");
         let ping_interval = seconds("--ping-interval", &ping)?;
-        let idle = pick(raw.idle_timeout, "HOUND_IDLE_TIMEOUT", "15");
+        let idle = from.pick(raw.idle_timeout, "HOUND_IDLE_TIMEOUT", "15");
         let idle_timeout = seconds("--idle-timeout", &idle)?;
-        let token = raw.token.or_else(|| env("HOUND_TOKEN"));
-        if token
-            .as_deref()
-            .is_some_and(|t| t.is_empty() || t.chars().any(char::is_whitespace))
-        {
-            return Err(Error::Config(
-                "--token must be non-empty and without spaces".into(),
-            ));
-        }
-        let allowed_origins = raw
-            .allow_origin
-            .or_else(|| env("HOUND_ALLOW_ORIGIN"))
-            .unwrap_or_default()
-            .split(',')
-            .map(normalise_origin)
-            .filter(|origin| !origin.is_empty())
-            .collect();
-        let access = Access {
-            token,
-            allowed_origins,
-        };
-        let max_connections = match raw.max_connections.or_else(|| env("HOUND_MAX_CONNECTIONS")) {
-            None => None,
-            Some(text) => match text.parse::<usize>() {
-                Ok(n) if n >= 1 => Some(n),
-                _ => {
-                    return Err(Error::Config(format!(
-                        "--max-connections {text:?} is not a positive number"
-                    )));
-                }
-            },
-        };
-        let level = pick(raw.log_level, "HOUND_LOG", "info");
-        let log_level = match level.to_ascii_lowercase().as_str() {
-            "error" => LevelFilter::Error,
-            "warn" => LevelFilter::Warn,
-            "info" => LevelFilter::Info,
-            "debug" => LevelFilter::Debug,
-            "trace" => LevelFilter::Trace,
-            _ => {
-                return Err(Error::Config(format!(
-                    "--log-level {level:?} is not one of error, warn, info, debug, trace"
-                )));
-            }
-        };
-        let format = pick(raw.log_format, "HOUND_LOG_FORMAT", "text");
-        let log_format = match format.to_ascii_lowercase().as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => {
-                return Err(Error::Config(format!(
-                    "--log-format {format:?} is not one of text, json"
-                )));
-            }
-        };
+        let access = access(&from, raw.token, raw.allow_origin)?;
+        let max_connections =
+            max_connections(from.given(raw.max_connections, "HOUND_MAX_CONNECTIONS"))?;
+        let log_level = log_level(&from.pick(raw.log_level, "HOUND_LOG", "info"))?;
+        let log_format = log_format(&from.pick(raw.log_format, "HOUND_LOG_FORMAT", "text"))?;
         Ok(Config {
             listen,
             embedded,
@@ -390,6 +252,240 @@ impl Config {
             log_level,
             log_format,
         })
+    }
+}
+
+/// `--bind` and `--port`: the address to listen on.
+fn listen_address(
+    from: &Sources,
+    bind: Option<String>,
+    port: Option<String>,
+) -> Result<SocketAddr> {
+    let bind = from.pick(bind, "HOUND_BIND", "127.0.0.1");
+    let port = from.pick(port, "HOUND_PORT", "3000");
+    let port: u16 = port
+        .parse()
+        .map_err(|_| Error::Config(format!("--port {port:?} is not a port number (0-65535)")))?;
+    resolve(&bind, port)
+}
+
+/// `--embedded`, or `HOUND_EMBEDDED` set to 1 or true.
+fn embedded(from: &Sources, flag: bool) -> Result<bool> {
+    if flag {
+        return Ok(true);
+    }
+    match from.var("HOUND_EMBEDDED").as_deref() {
+        None | Some("" | "0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => Err(Error::Config(format!(
+            "HOUND_EMBEDDED={other:?} is not 1, true, 0 or false"
+        ))),
+    }
+}
+
+/// The etcd endpoints and how hound proves itself to them. With `--embedded` no etcd flag
+/// may be given.
+fn etcd_settings(
+    from: &Sources,
+    raw: RawEtcdArgs,
+    embedded: bool,
+) -> Result<(Vec<String>, EtcdSecurity)> {
+    let given = [&raw.endpoints, &raw.user, &raw.ca, &raw.cert, &raw.key];
+    if embedded && given.iter().any(|flag| flag.is_some()) {
+        return Err(Error::Config(
+            "--embedded runs without etcd; drop the --etcd flags".into(),
+        ));
+    }
+    let list = from.pick(raw.endpoints, "HOUND_ETCD", "http://127.0.0.1:2379");
+    let endpoints = parse_endpoints(&list)?;
+    let ca_pem = match from.given(raw.ca, "HOUND_ETCD_CA") {
+        Some(path) => Some(read_pem("--etcd-ca", path, PEM_CERTIFICATE)?),
+        None => None,
+    };
+    let cert = from.given(raw.cert, "HOUND_ETCD_CERT");
+    let key = from.given(raw.key, "HOUND_ETCD_KEY");
+    let identity_pem = match (cert, key) {
+        (Some(cert), Some(key)) => Some((
+            read_pem("--etcd-cert", cert, PEM_CERTIFICATE)?,
+            read_pem("--etcd-key", key, PEM_KEY)?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Config(
+                "--etcd-cert and --etcd-key go together".into(),
+            ));
+        }
+    };
+    check_tls(&endpoints, ca_pem.is_some(), identity_pem.is_some())?;
+    let user = etcd_user(from, raw.user)?;
+    let security = EtcdSecurity {
+        ca_pem,
+        identity_pem,
+        user,
+    };
+    Ok((endpoints, security))
+}
+
+/// What a PEM certificate file must contain.
+const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE";
+/// What a PEM key file must contain.
+const PEM_KEY: &str = "PRIVATE KEY-----";
+
+/// Reads and sanity-checks a PEM file now, so a wrong path or file is one clear error at
+/// start-up rather than an endless 503 with a transport error.
+fn read_pem(flag: &str, path: String, marker: &str) -> Result<Vec<u8>> {
+    let pem = std::fs::read(&path)
+        .map_err(|err| Error::Config(format!("{flag} {path:?} cannot be read: {err}")))?;
+    if !String::from_utf8_lossy(&pem).contains(marker) {
+        return Err(Error::Config(format!(
+            "{flag} {path:?} holds no PEM {}",
+            marker
+                .trim_start_matches("-----BEGIN ")
+                .to_ascii_lowercase()
+        )));
+    }
+    Ok(pem)
+}
+
+/// Certificates go with https:// endpoints only, and https:// needs a CA: hound trusts none
+/// by default.
+fn check_tls(endpoints: &[String], has_ca: bool, has_identity: bool) -> Result<()> {
+    let uses_tls = endpoints.iter().any(|e| e.starts_with("https://"));
+    if (has_ca || has_identity) && !uses_tls {
+        return Err(Error::Config(
+            "--etcd-ca, --etcd-cert and --etcd-key need https:// endpoints".into(),
+        ));
+    }
+    if uses_tls && !has_ca {
+        return Err(Error::Config(
+            "https:// endpoints need --etcd-ca (hound trusts no CA by default)".into(),
+        ));
+    }
+    if uses_tls && endpoints.iter().any(|e| e.starts_with("http://")) {
+        return Err(Error::Config(
+            "--etcd endpoints must be all http:// or all https://".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `--etcd-user` with its password, which only the environment may hold.
+fn etcd_user(from: &Sources, user: Option<String>) -> Result<Option<(String, String)>> {
+    let Some(user) = from.given(user, "HOUND_ETCD_USER") else {
+        return Ok(None);
+    };
+    let password = from.var("HOUND_ETCD_PASSWORD").ok_or_else(|| {
+        Error::Config(format!(
+            "--etcd-user {user:?} needs its password in HOUND_ETCD_PASSWORD"
+        ))
+    })?;
+    Ok(Some((user, password)))
+}
+
+/// `--ttl`: whole seconds from 1 to a day.
+fn ttl(text: &str) -> Result<i64> {
+    match text.parse::<i64>() {
+        Ok(ttl) if (1..=86_400).contains(&ttl) => Ok(ttl),
+        _ => Err(Error::Config(format!(
+            "--ttl {text:?} is not a number of seconds from 1 to 86400"
+        ))),
+    }
+}
+
+/// `--namespace` and `--event-namespace`: each valid, and neither inside the other, so the
+/// service watch never sees events and the event watch never sees registrations.
+fn namespaces(
+    from: &Sources,
+    namespace: Option<String>,
+    event_namespace: Option<String>,
+) -> Result<(String, String)> {
+    let namespace = from.pick(namespace, "HOUND_NAMESPACE", "service");
+    check_namespace("--namespace", &namespace)?;
+    let event_namespace = from.pick(event_namespace, "HOUND_EVENT_NAMESPACE", "event");
+    check_namespace("--event-namespace", &event_namespace)?;
+    let nested = |outer: &str, inner: &str| inner.starts_with(&format!("{outer}/"));
+    if namespace == event_namespace
+        || nested(&namespace, &event_namespace)
+        || nested(&event_namespace, &namespace)
+    {
+        return Err(Error::Config(
+            "--namespace and --event-namespace must differ and not contain each other".into(),
+        ));
+    }
+    Ok((namespace, event_namespace))
+}
+
+/// `--token` and `--allow-origin`: who may use hound.
+fn access(from: &Sources, token: Option<String>, allow_origin: Option<String>) -> Result<Access> {
+    let token = from.given(token, "HOUND_TOKEN");
+    if token
+        .as_deref()
+        .is_some_and(|t| t.is_empty() || t.chars().any(char::is_whitespace))
+    {
+        return Err(Error::Config(
+            "--token must be non-empty and without spaces".into(),
+        ));
+    }
+    let allowed_origins = from
+        .given(allow_origin, "HOUND_ALLOW_ORIGIN")
+        .unwrap_or_default()
+        .split(',')
+        .map(normalise_origin)
+        .filter(|origin| !origin.is_empty())
+        .collect();
+    Ok(Access {
+        token,
+        allowed_origins,
+    })
+}
+
+/// `--max-connections`: a positive number, if given.
+fn max_connections(given: Option<String>) -> Result<Option<usize>> {
+    let Some(text) = given else { return Ok(None) };
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(Error::Config(format!(
+            "--max-connections {text:?} is not a positive number"
+        ))),
+    }
+}
+
+/// `--log-level`, in any case.
+fn log_level(level: &str) -> Result<LevelFilter> {
+    one_of(
+        "--log-level",
+        level,
+        &[
+            ("error", LevelFilter::Error),
+            ("warn", LevelFilter::Warn),
+            ("info", LevelFilter::Info),
+            ("debug", LevelFilter::Debug),
+            ("trace", LevelFilter::Trace),
+        ],
+    )
+}
+
+/// `--log-format`, in any case.
+fn log_format(format: &str) -> Result<LogFormat> {
+    one_of(
+        "--log-format",
+        format,
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    )
+}
+
+/// The choice `text` names, in any case.
+fn one_of<T: Copy>(flag: &str, text: &str, choices: &[(&str, T)]) -> Result<T> {
+    let wanted = text.to_ascii_lowercase();
+    match choices.iter().find(|(name, _)| *name == wanted) {
+        Some(&(_, choice)) => Ok(choice),
+        None => {
+            let names: Vec<&str> = choices.iter().map(|&(name, _)| name).collect();
+            Err(Error::Config(format!(
+                "{flag} {text:?} is not one of {}",
+                names.join(", ")
+            )))
+        }
     }
 }
 
@@ -547,6 +643,18 @@ mod tests {
             assert!(matches!(err, Error::Config(_)), "{args:?} gave {err:?}");
             assert!(!err.to_string().contains('\n'), "{args:?}: one line please");
         }
+    }
+
+    #[test]
+    fn a_bad_choice_names_the_choices() {
+        let level = run(&["--log-level", "loud"], &[]).unwrap_err().to_string();
+        assert!(
+            level.ends_with(r#"--log-level "loud" is not one of error, warn, info, debug, trace"#)
+        );
+        let format = run(&[], &[("HOUND_LOG_FORMAT", "xml")])
+            .unwrap_err()
+            .to_string();
+        assert!(format.ends_with(r#"--log-format "xml" is not one of text, json"#));
     }
 
     #[test]

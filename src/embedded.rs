@@ -5,28 +5,28 @@
 //! process was paused, say) expires — its node is reported as EXPIRE — and is then registered
 //! again, as the etcd backend does when etcd loses a lease.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::etcd::{ClusterStatus, CustomEvent};
 use crate::hub::{Change, Health, Hub, SocketId};
+use crate::keys::ServiceKeys;
 use crate::membership::Mirror;
 use crate::message::KeyEvent;
 use crate::metrics;
 use crate::names::Node;
-use crate::socket::close_code;
+use crate::owners::{self, Owners};
 
 /// The member id `/etcd/leader` reports for both fields.
 pub const MEMBER_ID: u64 = 1;
 /// How often the keeper looks at the leases.
 const KEEPER_TICK: Duration = Duration::from_millis(100);
 
+/// One registration's lease.
 #[derive(Debug)]
-struct Registration {
+struct Lease {
     service: String,
     node: Node,
-    owner: SocketId,
     /// When the lease was last refreshed.
     refreshed: Instant,
 }
@@ -34,8 +34,8 @@ struct Registration {
 #[derive(Debug)]
 struct State {
     revision: i64,
-    /// By key `<service>/<node>`.
-    registrations: HashMap<String, Registration>,
+    /// By key `<namespace>/<service>/<node>`.
+    registrations: Owners<Lease>,
 }
 
 /// The in-memory store. Clones share it.
@@ -45,7 +45,7 @@ pub struct Embedded {
     hub: Arc<Hub>,
     ttl: Duration,
     /// Only for log lines, which name keys as the etcd backend would.
-    namespace: Arc<str>,
+    keys: ServiceKeys,
 }
 
 impl Embedded {
@@ -54,11 +54,11 @@ impl Embedded {
         let store = Embedded {
             state: Arc::new(Mutex::new(State {
                 revision: 1,
-                registrations: HashMap::new(),
+                registrations: Owners::default(),
             })),
             hub: hub.clone(),
             ttl: Duration::from_secs(ttl_seconds.max(1) as u64),
-            namespace: namespace.into(),
+            keys: ServiceKeys::new(namespace),
         };
         hub.resync(Mirror::default(), 1, false);
         hub.set_health(Health::Ok);
@@ -74,11 +74,6 @@ impl Embedded {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The key as the etcd backend would write it, for log lines.
-    fn key(&self, service: &str, node: &Node) -> String {
-        format!("{}/{service}/{node}", self.namespace)
-    }
-
     fn count_registrations(state: &State) {
         metrics::REGISTRATIONS.store(
             state.registrations.len() as u64,
@@ -87,19 +82,16 @@ impl Embedded {
     }
 
     pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> crate::Result<i64> {
-        let key = self.key(service, node);
+        let key = self.keys.registration(service, node);
         let mut state = self.lock();
         state.revision += 1;
         let revision = state.revision;
-        let previous = state.registrations.insert(
-            key.clone(),
-            Registration {
-                service: service.to_owned(),
-                node: node.clone(),
-                owner,
-                refreshed: Instant::now(),
-            },
-        );
+        let lease = Lease {
+            service: service.to_owned(),
+            node: node.clone(),
+            refreshed: Instant::now(),
+        };
+        let replaced = state.registrations.hold(key.clone(), owner, lease);
         // Counted before the hub is told: a client that sees the message and then reads
         // /metrics must find the count that goes with it.
         Self::count_registrations(&state);
@@ -111,34 +103,18 @@ impl Embedded {
             revision,
         );
         drop(state);
-        match previous {
-            Some(previous) if previous.owner != owner => {
-                self.hub
-                    .close_socket(previous.owner, close_code::SUPERSEDED);
-                log::info!(
-                    "registered {key} (socket {owner}, took over from socket {})",
-                    previous.owner
-                );
-            }
-            _ => log::info!("registered {key} (socket {owner})"),
-        }
+        owners::registered(&self.hub, &key, owner, replaced.map(|r| r.owner));
         Ok(revision)
     }
 
     pub fn deregister(&self, service: &str, node: &Node, owner: SocketId) {
-        let key = self.key(service, node);
+        let key = self.keys.registration(service, node);
         let mut state = self.lock();
-        if state
-            .registrations
-            .get(&key)
-            .is_none_or(|held| held.owner != owner)
-        {
-            return;
+        if state.registrations.release(&key, owner).is_none() {
+            return; // Taken over by a newer socket, or already gone.
         }
-        state.registrations.remove(&key);
         state.revision += 1;
         let revision = state.revision;
-        log::info!("deregistering {key} (socket {owner})");
         Self::count_registrations(&state);
         self.hub.apply(
             service,
@@ -150,13 +126,17 @@ impl Embedded {
 
     pub fn deregister_all(&self) {
         let mut state = self.lock();
-        let held: Vec<Registration> = state.registrations.drain().map(|(_, r)| r).collect();
+        let held: Vec<Lease> = state
+            .registrations
+            .drain()
+            .map(|(_, lease)| lease)
+            .collect();
         Self::count_registrations(&state);
-        for registration in held {
+        for lease in held {
             state.revision += 1;
             self.hub.apply(
-                &registration.service,
-                &registration.node.to_string(),
+                &lease.service,
+                &lease.node.to_string(),
                 Change::Removed(KeyEvent::Delete),
                 state.revision,
             );
@@ -184,17 +164,17 @@ impl Embedded {
             let now = Instant::now();
             let mut state = self.lock();
             let mut expired = Vec::new();
-            for registration in state.registrations.values_mut() {
-                let age = now.duration_since(registration.refreshed);
+            for lease in state.registrations.leases_mut() {
+                let age = now.duration_since(lease.refreshed);
                 if age > self.ttl {
-                    expired.push((registration.service.clone(), registration.node.clone()));
+                    expired.push((lease.service.clone(), lease.node.clone()));
                 }
                 if age >= self.ttl / 3 {
-                    registration.refreshed = now;
+                    lease.refreshed = now;
                 }
             }
             for (service, node) in expired {
-                let full_key = self.key(&service, &node);
+                let full_key = self.keys.registration(&service, &node);
                 log::warn!("lease of {full_key} is gone; registering it again");
                 metrics::LEASE_REGRANTS.add(1);
                 let key = node.to_string();
@@ -215,6 +195,7 @@ impl Embedded {
 mod tests {
     use super::*;
     use crate::hub::SocketKind;
+    use crate::socket::close_code;
     use crate::socket::doorbell::Doorbell;
     use crate::socket::mailbox::Mailbox;
 

@@ -1,7 +1,7 @@
-//! Property tests for every parser of untrusted input: query strings, routes, names, hosts,
-//! ports, monitor lists, node values and the event body. Each must never panic, and what it
-//! accepts must satisfy the contract's rules. `PROPTEST_CASES` raises the case count for a
-//! longer fuzzing run.
+//! Property tests for every parser of untrusted input: query strings (checked against a plain
+//! reference decoder), routes, names, hosts, ports, monitor lists, node values and the event
+//! body. Each must never panic, and what it accepts must satisfy the contract's rules.
+//! `PROPTEST_CASES` raises the case count for a longer fuzzing run.
 
 use hound_dog::http::query::{Query, percent_decode};
 use hound_dog::http::rest::parse_event;
@@ -14,6 +14,66 @@ use proptest::prelude::*;
 fn tricky() -> impl Strategy<Value = String> {
     prop::string::string_regex(r"[a-zA-Z0-9%+&=,:.\[\]/_\- \x00-\x1f\u{80}-\u{10ffff}]{0,80}")
         .expect("valid regex")
+}
+
+/// URL text made of pieces the decoder must tell apart: well-formed escapes of any byte, U+FFFD
+/// spelled as escapes and literally, malformed escapes, separators, `+` and non-ASCII text.
+fn url_text() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "%[0-9a-fA-F]{2}",
+        Just("%EF%BF%BD".to_owned()),
+        Just("%ef%bf".to_owned()),
+        Just("%C3%A9".to_owned()),
+        "%[+g-z%-]?[0-9a-fA-F]?",
+        "[a-z0-9+=&]{1,3}",
+        "[\u{80}-\u{10ffff}]",
+        Just("\u{FFFD}".to_owned()),
+    ];
+    prop::collection::vec(piece, 0..10).prop_map(|pieces| pieces.concat())
+}
+
+/// The contract's decoding, written out plainly as the reference: `%` and two hex digits is a
+/// byte, `+` is a space, anything else is itself; a malformed escape or a result that is not
+/// UTF-8 is refused.
+fn reference_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What `Query::parse` must make of `query` by the reference: the pairs, or `None` for a 400.
+fn reference_query(query: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = part.split_once('=').unwrap_or((part, ""));
+        let (name, value) = (reference_decode(name)?, reference_decode(value)?);
+        if pairs.iter().any(|(known, _)| *known == name) {
+            return None;
+        }
+        pairs.push((name, value));
+    }
+    Some(pairs)
 }
 
 fn is_service_char(c: char) -> bool {
@@ -38,6 +98,60 @@ proptest! {
             .collect();
         let query = Query::parse(&format!("{name}={encoded}")).unwrap();
         prop_assert_eq!(query.get(&name), Some(value.as_str()));
+    }
+
+    #[test]
+    fn percent_decoding_matches_the_reference(text in url_text()) {
+        prop_assert_eq!(percent_decode(&text), reference_decode(&text), "{:?}", text);
+    }
+
+    #[test]
+    fn query_parsing_matches_the_reference(query in url_text()) {
+        match (Query::parse(&query), reference_query(&query)) {
+            (Ok(parsed), Some(pairs)) => {
+                for (name, value) in &pairs {
+                    prop_assert_eq!(parsed.get(name), Some(value.as_str()), "{:?}", query);
+                }
+            }
+            (Err(err), None) => prop_assert_eq!(err.status(), 400),
+            (parsed, expected) => {
+                prop_assert!(false, "{:?}: got {:?}, expected {:?}", query, parsed, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn escaped_bytes_decode_exactly_when_they_are_utf8(
+        chunks in prop::collection::vec(
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 1..3),
+                Just(vec![0xEF, 0xBF, 0xBD]),
+                Just(vec![0xEF, 0xBF]),
+                any::<char>().prop_map(|c| c.to_string().into_bytes()),
+            ],
+            0..8,
+        )
+    ) {
+        let bytes = chunks.concat();
+        let encoded: String = bytes.iter().map(|b| format!("%{b:02x}")).collect();
+        let expected = String::from_utf8(bytes).ok();
+        prop_assert_eq!(percent_decode(&encoded), expected.clone());
+        let query = Query::parse(&format!("v={encoded}"));
+        prop_assert_eq!(query.ok().and_then(|q| q.get("v").map(str::to_owned)), expected);
+    }
+
+    #[test]
+    fn a_malformed_escape_is_always_refused(
+        before in "[a-z0-9=+]{0,4}",
+        inner in "%([g-zG-Z+ %-][0-9a-fA-F]?|[0-9a-fA-F][g-zG-Z+ %-])",
+        after in "[a-z0-9=+]{0,4}",
+        cut in "%[0-9a-fA-F]?",
+    ) {
+        for text in [format!("{before}{inner}{after}"), format!("{before}{cut}")] {
+            let refused = Query::parse(&text).map_err(|err| err.status()).err();
+            prop_assert_eq!(refused, Some(400), "{:?}", text);
+            prop_assert_eq!(percent_decode(&text), None, "{:?}", text);
+        }
     }
 
     #[test]

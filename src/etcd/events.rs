@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{CustomEvent, unavailable};
 use crate::error::{Error, Result};
 use crate::hub::Audience;
+use crate::keys::EventKeys;
 
 /// How long an event key lives in etcd. Long enough for a hound whose watch reconnects to
 /// replay it, short enough that events never pile up.
@@ -42,20 +43,20 @@ impl StoredEvent {
 /// Writes events under `<event-namespace>/<instance>-<sequence>` on a shared short lease.
 pub(super) struct Publisher {
     client: Client,
-    prefix: String,
+    keys: EventKeys,
     instance: String,
     sequence: Cell<u64>,
     lease: Cell<Option<(i64, Instant)>>,
 }
 
 impl Publisher {
-    pub fn new(client: Client, prefix: String) -> Publisher {
+    pub fn new(client: Client, keys: EventKeys) -> Publisher {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         Publisher {
             client,
-            prefix,
+            keys,
             instance: format!("{:x}-{:x}", std::process::id(), started.as_micros()),
             sequence: Cell::new(0),
             lease: Cell::new(None),
@@ -78,7 +79,7 @@ impl Publisher {
         let lease = self.lease().await?;
         let sequence = self.sequence.get() + 1;
         self.sequence.set(sequence);
-        let key = format!("{}{}-{sequence:08x}", self.prefix, self.instance);
+        let key = self.keys.event(&self.instance, sequence);
         self.client
             .clone()
             .put(key, value, Some(PutOptions::new().with_lease(lease)))

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::hub::{Audience, Hub, SocketId};
+use crate::keys::{EventKeys, ServiceKeys};
 use crate::names::Node;
 
 /// How long a blocking call waits for etcd before answering 503.
@@ -36,19 +37,14 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// `<namespace>/`, the prefix the service watch covers.
-    fn service_prefix(&self) -> String {
-        format!("{}/", self.namespace)
+    /// The layout of the registration keys under `namespace`.
+    fn service_keys(&self) -> ServiceKeys {
+        ServiceKeys::new(&self.namespace)
     }
 
-    /// The key of one registration.
-    fn registration_key(&self, service: &str, node: &Node) -> String {
-        format!("{}/{service}/{node}", self.namespace)
-    }
-
-    /// `<event-namespace>/`, the prefix the event watch covers.
-    fn event_prefix(&self) -> String {
-        format!("{}/", self.event_namespace)
+    /// The layout of the event keys under `event_namespace`.
+    fn event_keys(&self) -> EventKeys {
+        EventKeys::new(&self.event_namespace)
     }
 }
 

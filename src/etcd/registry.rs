@@ -2,7 +2,6 @@
 //! take over, delete.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,22 +16,18 @@ use tokio::task::{AbortHandle, spawn_local};
 
 use super::backoff::{Backoff, Throttle};
 use super::events::Publisher;
-use super::watch::{self, HealthState};
+use super::watch;
 use super::{ClusterStatus, Command, REQUEST_TIMEOUT, Settings, unavailable};
 use crate::error::{Error, Result};
 use crate::hub::{Health, Hub, SocketId};
+use crate::keys::ServiceKeys;
 use crate::metrics;
 use crate::names::Node;
-use crate::socket::close_code;
+use crate::owners::{self, Owners, Replaced};
 
-/// The key segment under `<namespace>/` that marks explicit deregistrations. `~` cannot appear in
-/// a service name, so it never collides with a service. See `watch.rs` for how it is read.
-pub(super) const TOMBSTONE_SEGMENT: &str = "~deregistered";
-
-/// One registration this hound keeps alive.
+/// How one registration this hound holds is kept alive.
 #[derive(Debug)]
 struct Held {
-    owner: SocketId,
     /// The current lease; the keeper replaces it if etcd forgets the old one.
     lease: Rc<Cell<i64>>,
     keeper: AbortHandle,
@@ -41,8 +36,9 @@ struct Held {
 struct Registry {
     client: Client,
     settings: Rc<Settings>,
+    keys: ServiceKeys,
     hub: Arc<Hub>,
-    held: HashMap<String, Held>,
+    held: Owners<Held>,
 }
 
 /// Connects, starts the watches, then serves commands until the handle is dropped.
@@ -60,31 +56,15 @@ pub(super) async fn serve(
     if settings.endpoints.len() > 1 {
         spawn_local(track_endpoints(client.clone(), settings.clone()));
     }
-    let health = Rc::new(HealthState::default());
-    spawn_local(watch::probe_health(
-        client.clone(),
-        hub.clone(),
-        health.clone(),
-    ));
-    spawn_local(watch::watch_services(
-        client.clone(),
-        settings.clone(),
-        hub.clone(),
-        health.clone(),
-    ));
-    spawn_local(watch::watch_events(
-        client.clone(),
-        settings.clone(),
-        hub.clone(),
-        health,
-    ));
-    let publisher = Rc::new(Publisher::new(client.clone(), settings.event_prefix()));
+    watch::spawn(&client, &settings, &hub);
+    let publisher = Rc::new(Publisher::new(client.clone(), settings.event_keys()));
 
     let mut registry = Registry {
         client,
+        keys: settings.service_keys(),
         settings,
         hub,
-        held: HashMap::new(),
+        held: Owners::default(),
     };
     while let Some(command) = commands.recv().await {
         match command {
@@ -346,7 +326,7 @@ async fn status(client: &mut Client) -> Result<ClusterStatus> {
 
 impl Registry {
     async fn register(&mut self, service: &str, node: &Node, owner: SocketId) -> Result<i64> {
-        let key = self.settings.registration_key(service, node);
+        let key = self.keys.registration(service, node);
         let (lease, revision) = grant_and_put(&mut self.client, &key, node, self.settings.ttl)
             .await
             .map_err(unavailable)?;
@@ -359,40 +339,25 @@ impl Registry {
             self.settings.ttl,
         ))
         .abort_handle();
-        let held = Held {
-            owner,
-            lease,
-            keeper,
-        };
-        if let Some(previous) = self.held.insert(key.clone(), held) {
+        let replaced = self.held.hold(key.clone(), owner, Held { lease, keeper });
+        if let Some(Replaced { lease: held, .. }) = &replaced {
             // The key now points at the new lease, so revoking the old one deletes nothing.
-            previous.keeper.abort();
+            held.keeper.abort();
             let mut client = self.client.clone();
-            let old_lease = previous.lease.get();
+            let old_lease = held.lease.get();
             spawn_local(async move {
                 let _ = client.lease_revoke(old_lease).await;
             });
-            self.hub
-                .close_socket(previous.owner, close_code::SUPERSEDED);
-            log::info!(
-                "registered {key} (socket {owner}, took over from socket {})",
-                previous.owner
-            );
-        } else {
-            log::info!("registered {key} (socket {owner})");
         }
+        owners::registered(&self.hub, &key, owner, replaced.map(|r| r.owner));
         Ok(revision)
     }
 
     fn deregister(&mut self, service: &str, node: &Node, owner: SocketId) {
-        let key = self.settings.registration_key(service, node);
-        if self.held.get(&key).is_none_or(|held| held.owner != owner) {
-            return; // Taken over by a newer socket, or already gone.
-        }
-        if let Some(held) = self.held.remove(&key) {
+        let key = self.keys.registration(service, node);
+        if let Some(held) = self.held.release(&key, owner) {
             held.keeper.abort();
-            log::info!("deregistering {key} (socket {owner})");
-            let tombstone = self.tombstone_key(service, node);
+            let tombstone = self.keys.tombstone(&key);
             spawn_local(delete_registration(
                 self.client.clone(),
                 key,
@@ -406,7 +371,7 @@ impl Registry {
         let mut deletions = Vec::new();
         for (key, held) in self.held.drain() {
             held.keeper.abort();
-            let tombstone = tombstone_for(&self.settings, &key);
+            let tombstone = self.keys.tombstone(&key);
             deletions.push(spawn_local(delete_registration(
                 self.client.clone(),
                 key,
@@ -418,19 +383,6 @@ impl Registry {
             let _ = deletion.await;
         }
     }
-
-    fn tombstone_key(&self, service: &str, node: &Node) -> String {
-        format!(
-            "{}/{TOMBSTONE_SEGMENT}/{service}/{node}",
-            self.settings.namespace
-        )
-    }
-}
-
-/// `<namespace>/~deregistered/<service>/<node>` for the key `<namespace>/<service>/<node>`.
-fn tombstone_for(settings: &Settings, key: &str) -> String {
-    let rest = key.strip_prefix(&settings.service_prefix()).unwrap_or(key);
-    format!("{}/{TOMBSTONE_SEGMENT}/{rest}", settings.namespace)
 }
 
 async fn grant_and_put(

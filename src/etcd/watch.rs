@@ -1,5 +1,5 @@
-//! The two watches (service namespace, event namespace) and the health probe, each resuming
-//! where it left off after a break.
+//! The two watches (service namespace, event namespace), which share one loop that resumes
+//! where it left off after a break, and the health probe.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -8,48 +8,66 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use tokio::task::spawn_local;
 
 use super::Settings;
 use super::backoff::{Backoff, Throttle};
 use super::events;
-use super::registry::TOMBSTONE_SEGMENT;
 use crate::hub::{Change, Health, Hub};
+use crate::keys::{EventKeys, ServiceKeys};
 use crate::membership::Mirror;
 use crate::message::KeyEvent;
 use crate::metrics;
-use crate::names::{Node, is_service_name};
+use crate::names::Node;
 
 /// How often the health probe asks etcd for its status.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The service watch's name in log lines and in `/healthz`.
+const SERVICE_WATCH: &str = "service watch";
+/// The event watch's name in log lines and in `/healthz`.
+const EVENT_WATCH: &str = "event watch";
+
+/// Starts the health probe and the two watches, which report to `/healthz` together.
+pub(super) fn spawn(client: &Client, settings: &Settings, hub: &Arc<Hub>) {
+    let health = Rc::new(HealthState::default());
+    spawn_local(probe_health(client.clone(), hub.clone(), health.clone()));
+    let services = ServiceFeed {
+        keys: settings.service_keys(),
+    };
+    spawn_local(keep_watching(services, Watch::new(client, hub, &health)));
+    let events = EventFeed {
+        keys: settings.event_keys(),
+    };
+    spawn_local(keep_watching(events, Watch::new(client, hub, &health)));
+}
+
 /// What the probe and the watches know; `/healthz` is OK only when all agree.
 #[derive(Debug, Default)]
-pub(super) struct HealthState {
+struct HealthState {
     etcd_answers: Cell<bool>,
-    services_watched: Cell<bool>,
-    events_watched: Cell<bool>,
     problem: RefCell<String>,
-    /// Why each watch last broke, for `/healthz` while it is being reopened.
-    services_problem: RefCell<String>,
-    events_problem: RefCell<String>,
+    services: WatchHealth,
+    events: WatchHealth,
+}
+
+/// What one watch tells `/healthz`.
+#[derive(Debug, Default)]
+struct WatchHealth {
+    watched: Cell<bool>,
+    /// Why the watch last broke, for `/healthz` while it is being reopened.
+    problem: RefCell<String>,
 }
 
 impl HealthState {
     fn publish(&self, hub: &Hub) {
         let health = if !self.etcd_answers.get() {
             Health::Unavailable(format!("etcd does not answer: {}", self.problem.borrow()))
-        } else if !self.services_watched.get() || !self.events_watched.get() {
+        } else if !self.services.watched.get() || !self.events.watched.get() {
             let mut why = Vec::new();
-            for (name, watched, problem) in [
-                (
-                    "service watch",
-                    &self.services_watched,
-                    &self.services_problem,
-                ),
-                ("event watch", &self.events_watched, &self.events_problem),
-            ] {
-                if !watched.get() {
-                    let problem = problem.borrow();
+            for (name, watch) in [(SERVICE_WATCH, &self.services), (EVENT_WATCH, &self.events)] {
+                if !watch.watched.get() {
+                    let problem = watch.problem.borrow();
                     let problem = if problem.is_empty() {
                         "opening"
                     } else {
@@ -79,7 +97,7 @@ impl HealthState {
 
 /// Asks etcd for its status every second so `/healthz` turns 503 soon after etcd stops
 /// answering, even while no request is under way.
-pub(super) async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<HealthState>) {
+async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<HealthState>) {
     let mut ever_answered = false;
     let mut first = true;
     loop {
@@ -130,48 +148,6 @@ impl Break {
 impl From<etcd_client::Error> for Break {
     fn from(err: etcd_client::Error) -> Self {
         Break::Failed(err.to_string())
-    }
-}
-
-/// Mirrors the service namespace: reads it once, then watches from the next revision, and
-/// resumes from the last applied revision after a break (re-reading it if compacted).
-pub(super) async fn watch_services(
-    mut client: Client,
-    settings: Rc<Settings>,
-    hub: Arc<Hub>,
-    health: Rc<HealthState>,
-) {
-    let prefix = settings.service_prefix();
-    let mut backoff = Backoff::new();
-    let mut throttle = Throttle::default();
-    let mut position = Position::default();
-    loop {
-        let opened = tokio::time::Instant::now();
-        let outcome = services_session(&mut client, &prefix, &hub, &health, &mut position).await;
-        *health.services_problem.borrow_mut() = outcome.reason();
-        health.set(&hub, &health.services_watched, false, None);
-        if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
-            backoff.reset();
-        }
-        match outcome {
-            Break::Compacted => {
-                log::warn!("service watch fell behind a compaction; re-reading {prefix}");
-                metrics::WATCH_RESYNCS.add(1);
-                position.resume_from = None;
-            }
-            Break::Replaced(why) => {
-                metrics::WATCH_RESYNCS.add(1);
-                log::warn!("{why}; re-reading {prefix} and sending every socket a SYNC");
-                position = Position {
-                    resync_everyone: true,
-                    ..Position::default()
-                };
-            }
-            Break::Failed(why) => {
-                log::log!(throttle.level(), "service watch broke: {why}");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
     }
 }
 
@@ -268,33 +244,90 @@ async fn open_watch(
     }
 }
 
-async fn services_session(
-    client: &mut Client,
-    prefix: &str,
-    hub: &Hub,
-    health: &HealthState,
-    position: &mut Position,
-) -> Break {
-    let start = match position.resume_from {
-        Some(revision) => revision,
-        None => match read_services(client, prefix).await {
-            Ok((mirror, revision, cluster)) => {
-                let everyone = std::mem::take(&mut position.resync_everyone);
-                let changed = hub.resync(mirror, revision, everyone);
-                position.cluster = Some(cluster);
-                log::info!("read {prefix} at revision {revision}; {changed} services changed");
-                revision + 1
+/// One watch: its connection, where it reports, and how far it got.
+struct Watch {
+    client: Client,
+    hub: Arc<Hub>,
+    health: Rc<HealthState>,
+    position: Position,
+    backoff: Backoff,
+}
+
+impl Watch {
+    fn new(client: &Client, hub: &Arc<Hub>, health: &Rc<HealthState>) -> Watch {
+        Watch {
+            client: client.clone(),
+            hub: hub.clone(),
+            health: health.clone(),
+            position: Position::default(),
+            backoff: Backoff::new(),
+        }
+    }
+}
+
+/// What one watch does with its prefix; the loop around it (open, resume, back off, reopen)
+/// is [`keep_watching`], shared by both watches.
+trait Feed {
+    /// Names the watch in log lines and in `/healthz`.
+    const NAME: &'static str;
+
+    /// The prefix watched.
+    fn prefix(&self) -> &str;
+
+    /// This watch's part of the health state.
+    fn health(state: &HealthState) -> &WatchHealth;
+
+    /// Gets ready to watch from `watch.position` and returns the options to watch with.
+    async fn options(&self, watch: &mut Watch) -> Result<WatchOptions, Break>;
+
+    /// Applies one response and moves `watch.position` past what it covered.
+    async fn apply(&self, watch: &mut Watch, response: &WatchResponse);
+
+    /// Catches up after the revision to resume from was compacted.
+    async fn catch_up(&self, watch: &mut Watch);
+
+    /// Starts afresh after etcd was replaced or wiped (`why` says how).
+    fn start_afresh(&self, why: &str, position: &mut Position);
+}
+
+/// Runs one watch for good: a session at a time, and after each break the feed's recovery
+/// (compaction, replaced cluster) or a back-off. The back-off starts again from its shortest
+/// delay after a session that delivered something or lasted [`WATCH_STABLE`].
+async fn keep_watching<F: Feed>(feed: F, mut watch: Watch) {
+    let mut throttle = Throttle::default();
+    loop {
+        let opened = tokio::time::Instant::now();
+        let outcome = session(&feed, &mut watch).await;
+        let health = F::health(&watch.health);
+        *health.problem.borrow_mut() = outcome.reason();
+        watch.health.set(&watch.hub, &health.watched, false, None);
+        if std::mem::take(&mut watch.position.delivered) || opened.elapsed() >= WATCH_STABLE {
+            watch.backoff.reset();
+        }
+        match outcome {
+            Break::Compacted => feed.catch_up(&mut watch).await,
+            Break::Replaced(why) => feed.start_afresh(&why, &mut watch.position),
+            Break::Failed(why) => {
+                log::log!(throttle.level(), "{} broke: {why}", F::NAME);
+                tokio::time::sleep(watch.backoff.next_delay()).await;
             }
-            Err(err) => return err.into(),
-        },
+        }
+    }
+}
+
+/// One watch session: opens the watch and applies its responses until it breaks.
+async fn session<F: Feed>(feed: &F, watch: &mut Watch) -> Break {
+    let options = match feed.options(watch).await {
+        Ok(options) => options,
+        Err(end) => return end,
     };
-    position.resume_from = Some(start);
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_prev_key()
-        .with_progress_notify()
-        .with_start_revision(start);
-    let (mut stream, first) = match open_watch(client, prefix, options, position).await {
+    let opened = open_watch(
+        &mut watch.client,
+        feed.prefix(),
+        options,
+        &mut watch.position,
+    );
+    let (mut stream, first) = match opened.await {
         Ok(opened) => opened,
         Err(end) => return end,
     };
@@ -302,21 +335,95 @@ async fn services_session(
     loop {
         let response = match first.take() {
             Some(response) => response,
-            None => match next_response(&mut stream, position).await {
+            None => match next_response(&mut stream, &mut watch.position).await {
                 Ok(response) => response,
                 Err(end) => return end,
             },
         };
         if !response.created() {
-            position.delivered = true;
+            watch.position.delivered = true;
         }
         if response.created() {
-            health.set(hub, &health.services_watched, true, None);
+            let health = F::health(&watch.health);
+            watch.health.set(&watch.hub, &health.watched, true, None);
         }
-        let applied = apply_service_events(client, prefix, hub, &response).await;
-        if let Some(revision) = applied {
-            position.resume_from = Some(revision + 1);
+        feed.apply(watch, &response).await;
+    }
+}
+
+/// The service watch mirrors the service namespace: it reads it once, then watches from the
+/// next revision, and resumes from the last applied revision after a break (re-reading it if
+/// compacted).
+struct ServiceFeed {
+    keys: ServiceKeys,
+}
+
+impl Feed for ServiceFeed {
+    const NAME: &'static str = SERVICE_WATCH;
+
+    fn prefix(&self) -> &str {
+        self.keys.prefix()
+    }
+
+    fn health(state: &HealthState) -> &WatchHealth {
+        &state.services
+    }
+
+    /// Watches from the revision after the last one applied; with nothing to resume from,
+    /// reads the namespace first and resyncs the hub with it.
+    async fn options(&self, watch: &mut Watch) -> Result<WatchOptions, Break> {
+        let position = &mut watch.position;
+        let start = match position.resume_from {
+            Some(revision) => revision,
+            None => {
+                let (mirror, revision, cluster) =
+                    read_services(&mut watch.client, &self.keys).await?;
+                let everyone = std::mem::take(&mut position.resync_everyone);
+                let changed = watch.hub.resync(mirror, revision, everyone);
+                position.cluster = Some(cluster);
+                log::info!(
+                    "read {} at revision {revision}; {changed} services changed",
+                    self.prefix()
+                );
+                revision + 1
+            }
+        };
+        position.resume_from = Some(start);
+        Ok(WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(start))
+    }
+
+    async fn apply(&self, watch: &mut Watch, response: &WatchResponse) {
+        let applied = apply_service_events(&mut watch.client, &self.keys, &watch.hub, response);
+        if let Some(revision) = applied.await {
+            watch.position.resume_from = Some(revision + 1);
         }
+    }
+
+    /// Re-reads the namespace at the next session.
+    async fn catch_up(&self, watch: &mut Watch) {
+        log::warn!(
+            "{SERVICE_WATCH} fell behind a compaction; re-reading {}",
+            self.prefix()
+        );
+        metrics::WATCH_RESYNCS.add(1);
+        watch.position.resume_from = None;
+    }
+
+    /// Re-reads the namespace at the next session and sends every socket a SYNC.
+    fn start_afresh(&self, why: &str, position: &mut Position) {
+        metrics::WATCH_RESYNCS.add(1);
+        log::warn!(
+            "{why}; re-reading {} and sending every socket a SYNC",
+            self.prefix()
+        );
+        *position = Position {
+            resync_everyone: true,
+            ..Position::default()
+        };
     }
 }
 
@@ -324,16 +431,16 @@ async fn services_session(
 /// was read at.
 async fn read_services(
     client: &mut Client,
-    prefix: &str,
+    keys: &ServiceKeys,
 ) -> Result<(Mirror, i64, u64), etcd_client::Error> {
     let response = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .get(keys.prefix(), Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let cluster = response.header().map_or(0, |h| h.cluster_id());
     let mut mirror = Mirror::default();
     for kv in response.kvs() {
-        if let Some((service, key)) = split_service_key(prefix, kv)
+        if let Some((service, key)) = parse_registration(keys, kv)
             && let Some(node) = parse_node(kv)
         {
             mirror.put(service, key, node);
@@ -342,11 +449,9 @@ async fn read_services(
     Ok((mirror, revision, cluster))
 }
 
-/// `(<service>, <rest>)` of a key under the prefix whose service segment is a valid name.
-fn split_service_key<'a>(prefix: &str, kv: &'a KeyValue) -> Option<(&'a str, &'a str)> {
-    let rest = kv.key_str().ok()?.strip_prefix(prefix)?;
-    let (service, key) = rest.split_once('/')?;
-    (is_service_name(service) && !key.is_empty()).then_some((service, key))
+/// `(<service>, <node>)` of a registration key.
+fn parse_registration<'a>(keys: &ServiceKeys, kv: &'a KeyValue) -> Option<(&'a str, &'a str)> {
+    keys.parse_registration(kv.key_str().ok()?)
 }
 
 fn parse_node(kv: &KeyValue) -> Option<Node> {
@@ -364,17 +469,16 @@ fn parse_node(kv: &KeyValue) -> Option<Node> {
 /// Applies one watch response in order and returns the highest revision it covered.
 async fn apply_service_events(
     client: &mut Client,
-    prefix: &str,
+    keys: &ServiceKeys,
     hub: &Hub,
     response: &WatchResponse,
 ) -> Option<i64> {
-    let tombstone_prefix = format!("{prefix}{TOMBSTONE_SEGMENT}/");
-    // Keys deregistered explicitly by a hound in this response: `<service>/<rest>`.
-    let tombstones: HashSet<&str> = response
+    // Registrations deregistered explicitly by a hound in this response: `(service, node)`.
+    let tombstones: HashSet<(&str, &str)> = response
         .events()
         .iter()
         .filter(|event| event.event_type() == EventType::Put)
-        .filter_map(|event| event.kv()?.key_str().ok()?.strip_prefix(&tombstone_prefix))
+        .filter_map(|event| keys.parse_tombstone(event.kv()?.key_str().ok()?))
         .collect();
     let mut lease_alive: HashMap<i64, bool> = HashMap::new();
     let mut last = None;
@@ -382,7 +486,7 @@ async fn apply_service_events(
         let Some(kv) = event.kv() else { continue };
         let revision = kv.mod_revision();
         last = Some(revision);
-        let Some((service, key)) = split_service_key(prefix, kv) else {
+        let Some((service, key)) = parse_registration(keys, kv) else {
             hub.advance(revision);
             continue;
         };
@@ -393,9 +497,8 @@ async fn apply_service_events(
                 None => Change::Removed(KeyEvent::Delete),
             },
             EventType::Delete => {
-                let rest = &kv.key_str().unwrap_or_default()[prefix.len()..];
                 let lease = event.prev_kv().map_or(0, |prev| prev.lease());
-                let expired = if tombstones.contains(rest) || lease == 0 {
+                let expired = if tombstones.contains(&(service, key)) || lease == 0 {
                     false
                 } else if let Some(alive) = lease_alive.get(&lease) {
                     !alive
@@ -435,87 +538,41 @@ async fn lease_is_alive(client: &mut Client, lease: i64) -> bool {
     }
 }
 
-/// Delivers custom events written under the event namespace, resuming after a break; if the
-/// revision to resume from was compacted, replays the events still stored instead.
-pub(super) async fn watch_events(
-    mut client: Client,
-    settings: Rc<Settings>,
-    hub: Arc<Hub>,
-    health: Rc<HealthState>,
-) {
-    let prefix = settings.event_prefix();
-    let mut backoff = Backoff::new();
-    let mut throttle = Throttle::default();
-    let mut position = Position::default();
-    loop {
-        let opened = tokio::time::Instant::now();
-        let outcome = events_session(&mut client, &prefix, &hub, &health, &mut position).await;
-        *health.events_problem.borrow_mut() = outcome.reason();
-        health.set(&hub, &health.events_watched, false, None);
-        if std::mem::take(&mut position.delivered) || opened.elapsed() >= WATCH_STABLE {
-            backoff.reset();
-        }
-        let resume_from = position.resume_from;
-        match outcome {
-            Break::Replaced(why) => {
-                log::warn!("{why}; watching events afresh");
-                position = Position::default();
-            }
-            Break::Compacted => {
-                log::warn!("event watch fell behind a compaction; replaying stored events");
-                match replay_stored_events(&mut client, &prefix, &hub, resume_from).await {
-                    Ok(revision) => position.resume_from = Some(revision + 1),
-                    Err(err) => {
-                        log::warn!("cannot replay events: {err}");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                }
-            }
-            Break::Failed(why) => {
-                log::log!(throttle.level(), "event watch broke: {why}");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
+/// The event watch delivers custom events written under the event namespace, resuming after a
+/// break; if the revision to resume from was compacted, it replays the events still stored.
+struct EventFeed {
+    keys: EventKeys,
 }
 
-async fn events_session(
-    client: &mut Client,
-    prefix: &str,
-    hub: &Hub,
-    health: &HealthState,
-    position: &mut Position,
-) -> Break {
-    let mut options = WatchOptions::new()
-        .with_prefix()
-        .with_progress_notify()
-        .with_filters([etcd_client::WatchFilterType::NoDelete]);
-    if let Some(revision) = position.resume_from {
-        options = options.with_start_revision(revision);
+impl Feed for EventFeed {
+    const NAME: &'static str = EVENT_WATCH;
+
+    fn prefix(&self) -> &str {
+        self.keys.prefix()
     }
-    let (mut stream, first) = match open_watch(client, prefix, options, position).await {
-        Ok(opened) => opened,
-        Err(end) => return end,
-    };
-    let mut first = Some(first);
-    loop {
-        let response = match first.take() {
-            Some(response) => response,
-            None => match next_response(&mut stream, position).await {
-                Ok(response) => response,
-                Err(end) => return end,
-            },
-        };
-        if !response.created() {
-            position.delivered = true;
+
+    fn health(state: &HealthState) -> &WatchHealth {
+        &state.events
+    }
+
+    /// Watches from the revision to resume from, or from now.
+    async fn options(&self, watch: &mut Watch) -> Result<WatchOptions, Break> {
+        let mut options = WatchOptions::new()
+            .with_prefix()
+            .with_progress_notify()
+            .with_filters([etcd_client::WatchFilterType::NoDelete]);
+        if let Some(revision) = watch.position.resume_from {
+            options = options.with_start_revision(revision);
         }
-        if response.created() {
-            health.set(hub, &health.events_watched, true, None);
-        }
+        Ok(options)
+    }
+
+    async fn apply(&self, watch: &mut Watch, response: &WatchResponse) {
+        let position = &mut watch.position;
         let header_revision = response.header().map_or(0, |h| h.revision());
         for event in response.events() {
             if let Some(kv) = event.kv() {
-                deliver_stored_event(hub, kv);
+                deliver_stored_event(&watch.hub, kv);
                 position.resume_from = Some(kv.mod_revision() + 1);
             }
         }
@@ -527,6 +584,25 @@ async fn events_session(
         if (fresh || progress) && header_revision > 0 {
             position.resume_from = Some(header_revision + 1);
         }
+    }
+
+    /// Replays the events still stored from the revision to resume from, then watches on.
+    async fn catch_up(&self, watch: &mut Watch) {
+        log::warn!("{EVENT_WATCH} fell behind a compaction; replaying stored events");
+        let from = watch.position.resume_from;
+        match replay_stored_events(&mut watch.client, self.prefix(), &watch.hub, from).await {
+            Ok(revision) => watch.position.resume_from = Some(revision + 1),
+            Err(err) => {
+                log::warn!("cannot replay events: {err}");
+                tokio::time::sleep(watch.backoff.next_delay()).await;
+            }
+        }
+    }
+
+    /// Watches from now: events of a cluster that is gone cannot be replayed.
+    fn start_afresh(&self, why: &str, position: &mut Position) {
+        log::warn!("{why}; watching events afresh");
+        *position = Position::default();
     }
 }
 
@@ -557,4 +633,42 @@ async fn replay_stored_events(
         deliver_stored_event(hub, kv);
     }
     Ok(response.header().map_or(0, |h| h.revision()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(hub: &Hub) -> String {
+        match hub.health() {
+            Health::Ok => "ok".into(),
+            Health::Unavailable(why) => why,
+        }
+    }
+
+    #[test]
+    fn healthz_names_the_watch_that_is_down_and_why() {
+        let hub = Hub::default();
+        let health = HealthState::default();
+        health.set(&hub, &health.etcd_answers, false, Some("refused".into()));
+        assert_eq!(reason(&hub), "etcd does not answer: refused");
+        health.set(&hub, &health.etcd_answers, true, None);
+        assert_eq!(
+            reason(&hub),
+            "the etcd watches are reconnecting: service watch: opening; event watch: opening"
+        );
+        health.set(&hub, &ServiceFeed::health(&health).watched, true, None);
+        *EventFeed::health(&health).problem.borrow_mut() = Break::Compacted.reason();
+        health.set(&hub, &EventFeed::health(&health).watched, false, None);
+        assert_eq!(
+            reason(&hub),
+            "the etcd watches are reconnecting: event watch: fell behind a compaction"
+        );
+        health.set(&hub, &EventFeed::health(&health).watched, true, None);
+        assert_eq!(reason(&hub), "ok");
+        assert_eq!(
+            (ServiceFeed::NAME, EventFeed::NAME),
+            (SERVICE_WATCH, EVENT_WATCH)
+        );
+    }
 }

@@ -1,4 +1,7 @@
-//! Query strings: percent-decoded `name=value` pairs, each name at most once.
+//! Query strings: `name=value` pairs decoded by `form_urlencoded` (`+` is a space), each name at
+//! most once; a malformed percent escape, or text that does not decode to UTF-8, is a 400.
+
+use std::fmt;
 
 use crate::error::{Error, Result};
 
@@ -9,17 +12,13 @@ pub struct Query {
 }
 
 impl Query {
-    /// Parses `a=1&b=2`. A repeated name, or one that does not decode to UTF-8, is a 400.
+    /// Parses `a=1&b=2`. A repeated name, a malformed escape (`%g1`, `%+f`, a trailing `%`) or
+    /// a pair that does not decode to UTF-8 is a 400.
     pub fn parse(query: &str) -> Result<Query> {
         let mut pairs: Vec<(String, String)> = Vec::new();
         for part in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            let decode = |text: &str| {
-                percent_decode(text).ok_or_else(|| {
-                    Error::BadRequest(format!("query parameter {part:?} is not valid UTF-8"))
-                })
-            };
-            let (name, value) = (decode(name)?, decode(value)?);
+            let (name, value) = decode_pair(part)
+                .map_err(|why| Error::BadRequest(format!("query parameter {part:?} {why}")))?;
             if pairs.iter().any(|(known, _)| *known == name) {
                 return Err(Error::BadRequest(format!(
                     "query parameter {name:?} is given more than once"
@@ -44,31 +43,79 @@ impl Query {
     }
 }
 
-/// Decodes `%XX` escapes and `+` (as a space); `None` if the result is not UTF-8 or an escape
-/// is malformed.
+/// Decodes `%XX` escapes and `+` (as a space); `None` if an escape is malformed or the result is
+/// not UTF-8.
 pub fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
+    // form_urlencoded splits at `&` and `=`; escaped, they decode to themselves, so the whole
+    // text comes back as one name.
+    let whole = text.replace('&', "%26").replace('=', "%3D");
+    decode_pair(&whole).ok().map(|(name, _)| name)
+}
+
+/// Why part of a URL cannot be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undecodable {
+    MalformedEscape,
+    NotUtf8,
+}
+
+impl fmt::Display for Undecodable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Undecodable::MalformedEscape => "has a malformed percent escape",
+            Undecodable::NotUtf8 => "is not valid UTF-8",
+        })
     }
-    String::from_utf8(out).ok()
+}
+
+/// Decodes one `name=value` (split at the first `=`; without one, the value is empty).
+fn decode_pair(part: &str) -> Result<(String, String), Undecodable> {
+    // form_urlencoded passes a malformed escape through as text, and decodes bytes that are not
+    // UTF-8 to U+FFFD; hound refuses both rather than guess what the client meant.
+    if !escapes_are_well_formed(part) {
+        return Err(Undecodable::MalformedEscape);
+    }
+    let (name, value) = form_urlencoded::parse(part.as_bytes())
+        .next()
+        .unwrap_or_default();
+    if replaced_bytes(part, &[&name, &value]) {
+        return Err(Undecodable::NotUtf8);
+    }
+    Ok((name.into_owned(), value.into_owned()))
+}
+
+/// Whether every `%` starts an escape of exactly two hex digits (`%+f` is not one, though
+/// `u8::from_str_radix` would read `+f` as 15).
+fn escapes_are_well_formed(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &byte)| byte == b'%')
+        .all(|(at, _)| {
+            bytes
+                .get(at + 1..at + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+        })
+}
+
+/// What form_urlencoded decodes bytes that are not UTF-8 to.
+const REPLACEMENT: char = char::REPLACEMENT_CHARACTER;
+
+/// Whether decoding `raw` replaced bytes that were not UTF-8 with U+FFFD. `raw` may spell that
+/// character itself, literally or as `%EF%BF%BD`, and only those spellings decode to a genuine
+/// one: escaped bytes cannot borrow a literal character's bytes, since a character never
+/// begins with a continuation byte. So any U+FFFD beyond them marks bytes that were not UTF-8.
+fn replaced_bytes(raw: &str, decoded: &[&str]) -> bool {
+    let found: usize = decoded
+        .iter()
+        .map(|text| text.matches(REPLACEMENT).count())
+        .sum();
+    found > 0 && {
+        let spelled = raw.matches(REPLACEMENT).count()
+            + raw.to_ascii_uppercase().matches("%EF%BF%BD").count();
+        found > spelled
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +133,14 @@ mod tests {
     }
 
     #[test]
+    fn splits_at_the_first_equals_sign_and_skips_empty_pairs() {
+        let query = Query::parse("&a=b=c&&=x&").unwrap();
+        assert_eq!(query.get("a"), Some("b=c"));
+        assert_eq!(query.get(""), Some("x"));
+        assert!(Query::parse("").unwrap().get("").is_none());
+    }
+
+    #[test]
     fn refuses_repeats_and_bad_escapes() {
         assert!(Query::parse("a=1&a=2").is_err());
         assert!(Query::parse("a=%zz").is_err());
@@ -94,7 +149,54 @@ mod tests {
     }
 
     #[test]
+    fn malformed_escapes_are_400() {
+        for query in [
+            "%+f=1", "a=%+f", "a=%-1", "a=%g1", "a=%1g", "a=%", "a=%4", "%=1", "a=%%41", "a=b%",
+        ] {
+            let err = Query::parse(query).unwrap_err();
+            assert_eq!(err.status(), 400, "{query}");
+            assert!(
+                err.to_string().contains("malformed percent escape"),
+                "{err}"
+            );
+        }
+        for text in ["%+f", "%g1", "%", "%4", "a%2"] {
+            assert_eq!(percent_decode(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_400() {
+        for query in [
+            "a=%ff",
+            "%C3=1",
+            "a=%EF%BF",
+            "a=%E0%EF%BF%BD",
+            "a=%ED%A0%80",
+        ] {
+            let err = Query::parse(query).unwrap_err();
+            assert_eq!(err.status(), 400, "{query}");
+            assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_spelled_replacement_character_is_text() {
+        let query = Query::parse("a=%EF%BF%BD&b=\u{FFFD}&c=%ef%bf%bd%C3%A9").unwrap();
+        assert_eq!(query.get("a"), Some("\u{FFFD}"));
+        assert_eq!(query.get("b"), Some("\u{FFFD}"));
+        assert_eq!(query.get("c"), Some("\u{FFFD}é"));
+    }
+
+    #[test]
     fn plus_is_space() {
         assert_eq!(percent_decode("a+b%2B").unwrap(), "a b+");
+    }
+
+    #[test]
+    fn percent_decode_keeps_separators() {
+        assert_eq!(percent_decode("a=b&c%3D").unwrap(), "a=b&c=");
+        assert_eq!(percent_decode("").unwrap(), "");
+        assert_eq!(percent_decode("a%20b").unwrap(), "a b");
     }
 }

@@ -310,3 +310,28 @@ fn a_client_that_floods_pings_and_never_reads_is_pushed_back() {
     );
     assert_responsive(&mut hound);
 }
+
+#[test]
+fn a_malformed_percent_escape_in_a_query_is_400_and_registers_nothing() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &[]);
+    let mut client = etcd.client();
+    // `%+f` was once read as the byte 0x0f; every malformed escape is refused now.
+    for path in [
+        "/etcd/services/x?%+f=1",
+        "/etcd/services?x=%g1",
+        "/etcd/services/x?x=%4",
+        "/etcd/services/x?x=1%",
+    ] {
+        hound.get(path).assert_error(400);
+    }
+    // An otherwise valid registration: refused before any upgrade, nothing written.
+    let path = format!("{}&x=%+f", register_path("api", "10.0.0.1", 80));
+    match ws_connect(hound.addr(), &path, &[]) {
+        Ok(_) => panic!("{path} was upgraded; expected 400"),
+        Err(response) => response.assert_error(400),
+    }
+    assert_namespace_empty(&mut client, &hound, "after a malformed escape");
+    assert_eq!(hound.nodes("api"), pairs(&[]));
+}
