@@ -24,13 +24,12 @@ enum Order {
 }
 
 #[test]
-fn one_source_port_to_two_local_addresses_plain_http_first() {
-    run(Order::PlainFirst);
-}
-
-#[test]
-fn one_source_port_to_two_local_addresses_websocket_first() {
-    run(Order::WebSocketFirst);
+fn one_source_port_to_two_local_addresses_in_both_orders() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &["--bind", "0.0.0.0"]);
+    run(&hound, Order::PlainFirst);
+    run(&hound, Order::WebSocketFirst);
 }
 
 /// One connection of the pair, with both its ends for the messages.
@@ -39,17 +38,14 @@ struct Plain {
     name: String,
 }
 
-fn run(order: Order) {
-    let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = Hound::start(&etcd, &["--bind", "0.0.0.0"]);
+fn run(hound: &Hound, order: Order) {
     let port = hound.addr().port();
     let (ws_to, plain_to) = match order {
         Order::PlainFirst => (CLIENT, OTHER_LOCAL),
         Order::WebSocketFirst => (OTHER_LOCAL, CLIENT),
     };
     for round in 0..ROUNDS {
-        let service = format!("svc{round}");
+        let service = format!("svc-{order:?}-{round}");
         let (ws_to, plain_to) = (
             SocketAddrV4::new(ws_to, port),
             SocketAddrV4::new(plain_to, port),
@@ -89,7 +85,7 @@ fn run(order: Order) {
             plain.get_healthz(&context);
         }
 
-        let node = register(&hound, &service, "10.0.0.1", 80);
+        let node = register(hound, &service, "10.0.0.1", 80);
         expect_on(
             &mut ws,
             &key_event(&service, "PUT", &[("10.0.0.1", 80)]),
