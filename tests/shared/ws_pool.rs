@@ -835,10 +835,12 @@ fn drive(slot: &mut Slot, shared: &Shared) -> Result<(), String> {
                 if stream.peer_addr().is_err() {
                     Stage::Connecting(stream)
                 } else {
-                    let url = slot.opening.as_ref().map(|o| o.url.clone());
+                    // Only sockets being opened connect, and each knows its request.
+                    let Some(url) = slot.opening.as_ref().map(|o| o.url.clone()) else {
+                        return Err("a connecting socket without a request".to_owned());
+                    };
                     let request = url
-                        .as_deref()
-                        .unwrap_or("ws://invalid/")
+                        .as_ref()
                         .into_client_request()
                         .map_err(|err| format!("bad request: {err}"))?;
                     after_handshake(tungstenite::client::client_with_config(
