@@ -118,6 +118,22 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Connections the kernel dropped because a listening socket's accept queue was full
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`), counted for the whole machine.
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if names.starts_with("TcpExt:") {
+            let at = names
+                .split_whitespace()
+                .position(|name| name == "ListenOverflows")?;
+            return values.split_whitespace().nth(at)?.parse().ok();
+        }
+    }
+    None
+}
+
 /// CPU time (user + system) a process has used so far.
 pub fn cpu_time(pid: u32) -> Duration {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

@@ -13,6 +13,10 @@ mod procs;
 mod secure;
 mod watchdog;
 mod ws;
+/// The epoll WebSocket client that opens and holds thousands of sockets, shared with the bench
+/// as one source file.
+#[path = "../../shared/ws_pool.rs"]
+mod ws_pool;
 
 pub use backend::*;
 pub use etcd::*;
@@ -22,3 +26,5 @@ pub use metrics::*;
 pub use procs::*;
 pub use watchdog::*;
 pub use ws::*;
+// Not a glob: `key_event` here is the contract's message builder, not the pool's parser.
+pub use ws_pool::{Pool, ProbeResult, bind_v4, connect_v4, set_socket_option, tcp_socket_v4};

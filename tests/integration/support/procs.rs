@@ -72,3 +72,61 @@ pub fn wait_with_deadline(child: &mut Child, within: Duration) -> Option<ExitSta
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Processes that keep every core busy (`sh -c 'while :; do :; done'`, one per core asked
+/// for), so hound competes for the CPU as on a loaded host; killed on drop.
+pub struct BusyLoops {
+    children: Vec<Child>,
+}
+
+impl BusyLoops {
+    pub fn start(count: usize) -> BusyLoops {
+        let children = (0..count)
+            .map(|_| {
+                let mut command = Command::new("sh");
+                command
+                    .args(["-c", "while :; do :; done"])
+                    .stdin(std::process::Stdio::null());
+                spawn_child(command).expect("spawn a busy loop")
+            })
+            .collect();
+        BusyLoops { children }
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+pub fn fd_limits() -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to fill in.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
+    (limit.rlim_cur, limit.rlim_max)
+}
+
+/// Raises this process's soft descriptor limit to the hard one (always allowed), for tests that
+/// hold more client sockets than a default soft limit of 1,024; returns the new soft limit.
+pub fn raise_own_fd_limit() -> u64 {
+    let (soft, hard) = fd_limits();
+    if soft < hard {
+        let limit = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
+        // SAFETY: a valid rlimit; the soft limit may always rise to the hard one.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+        assert_eq!(rc, 0, "setrlimit: {}", io::Error::last_os_error());
+    }
+    hard
+}

@@ -11,7 +11,10 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use super::{EtcdClient, Hound, HttpResponse, PROMPT, encode, query};
+use super::{
+    EtcdClient, Hound, HttpResponse, PROMPT, connect_v4, encode, query, set_socket_option,
+    tcp_socket_v4,
+};
 
 /// A client WebSocket over a plain TCP stream, so read timeouts can be set on it.
 pub type Ws = WebSocket<TcpStream>;
@@ -41,55 +44,19 @@ pub fn ws_connect_small_buffer(
 /// A TCP connection to the IPv4 `addr` whose `SO_RCVBUF` was set before the handshake (which
 /// is when the window scale is agreed), and so never grows by autotuning.
 pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
     let SocketAddr::V4(v4) = addr else {
         panic!("connect_with_rcvbuf supports IPv4 only, not {addr}");
     };
-    // SAFETY: socket(2) has no memory-safety preconditions.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nothing else owns; the stream closes it on every path.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let size = libc::c_int::try_from(rcvbuf).expect("buffer size fits a c_int");
-    // SAFETY: `size` is a valid c_int for the duration of the call and its length is given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `sin` is a valid sockaddr_in for the duration of the call and its length is given.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&raw const sin).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let stream = tcp_socket_v4(false)?;
+    let size = i32::try_from(rcvbuf).expect("buffer size fits a c_int");
+    set_socket_option(&stream, libc::SO_RCVBUF, size)?;
+    connect_v4(&stream, v4)?;
     Ok(stream)
 }
 
-/// The client side of the WebSocket handshake over `stream`.
-fn ws_handshake(
+/// The client side of the WebSocket handshake over a connected `stream` (to `addr`, which goes
+/// into the request's `Host`).
+pub fn ws_handshake(
     stream: TcpStream,
     addr: SocketAddr,
     path_and_query: &str,
