@@ -22,11 +22,10 @@ const HTTP_WORKERS: usize = 4;
 const DEREGISTER_BUDGET: Duration = Duration::from_millis(2500);
 const SOCKET_CLOSE_BUDGET: Duration = Duration::from_millis(1500);
 /// Descriptors kept back from the connection cap for etcd, the listener, files, and the
-/// hand-over's momentary duplicate of each upgraded connection.
+/// hand-over's momentary duplicate of each upgraded connection. Every connection, HTTP or
+/// WebSocket, holds one descriptor (tiny_http's halves share it; a socket thread's doorbell is a
+/// signal, not an eventfd).
 const FD_RESERVE: u64 = 256;
-/// Descriptors per connection: tiny_http holds an HTTP connection twice (a read and a write
-/// clone); a WebSocket is its socket and its doorbell's eventfd.
-const FDS_PER_CONNECTION: u64 = 2;
 
 /// A running hound.
 pub struct App {
@@ -45,8 +44,7 @@ impl App {
                 1024
             }
         };
-        let fd_budget = fd_limit.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION;
-        let fd_budget = usize::try_from(fd_budget).unwrap_or(usize::MAX);
+        let fd_budget = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
         let max_connections = config.max_connections.unwrap_or(fd_budget).max(1);
         log::debug!("open file limit {fd_limit}; at most {max_connections} connections");
         let listener = Listener::bind(config.listen, config.idle_timeout, max_connections)

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use rustix::net::{AddressFamily, SocketFlags, SocketType, bind, socket_with, sockopt};
 use tiny_http::{ConnectionLimits, Header, Request, Response, Server};
 
 use crate::error::{Error, Result};
@@ -22,6 +23,10 @@ use crate::reply::error_json;
 const RECV_WAIT: Duration = Duration::from_millis(250);
 /// Largest request line plus headers hound reads; tiny_http itself sets no limit.
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Connections the kernel may hold for hound before it accepts them (capped by
+/// `net.core.somaxconn`). Std's 128 overflows when thousands of clients connect at once, and
+/// each overflow costs a client a SYN retransmission: a second or more.
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// An upgraded connection, handed over by tiny_http: the socket, and whatever the client sent
 /// after its request head that tiny_http had already read.
@@ -56,10 +61,7 @@ impl Listener {
         idle_timeout: Duration,
         max_connections: usize,
     ) -> io::Result<Listener> {
-        let socket = TcpListener::bind(addr)?;
-        // Linux gives TCP_NODELAY to every connection accepted from this socket. Without it, a
-        // large answer written in pieces waits on the client's delayed ACK (up to 40 ms each).
-        rustix::net::sockopt::set_tcp_nodelay(&socket, true)?;
+        let socket = listen(addr)?;
         let local_addr = socket.local_addr()?;
         let limits = ConnectionLimits {
             timeout: Some(idle_timeout),
@@ -126,4 +128,21 @@ impl Listener {
             early_bytes,
         })
     }
+}
+
+/// A listening socket on `addr`, with a deep backlog and TCP_NODELAY for every connection.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let socket = socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    // As std does: a restarted hound can bind while old connections linger in TIME_WAIT.
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    // Linux gives TCP_NODELAY to every connection accepted from this socket. Without it, a
+    // large answer written in pieces waits on the client's delayed ACK (up to 40 ms each).
+    sockopt::set_tcp_nodelay(&socket, true)?;
+    bind(&socket, &addr)?;
+    rustix::net::listen(&socket, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(socket))
 }

@@ -1,33 +1,98 @@
-//! How other threads reach a socket thread that sleeps in `poll`: an eventfd to wake it and a
-//! close code to act on.
+//! How other threads reach a socket thread that sleeps in `ppoll`: a signal sent to that thread
+//! alone, which interrupts its wait, and a close code to act on.
+//!
+//! Why a signal rather than an eventfd: an eventfd is a descriptor per socket, half of what a
+//! socket costs in descriptors, and with a hard limit of 20,000 descriptors a host could not
+//! hold 10,000 sockets. The wake-up signal is blocked on the socket thread except inside its
+//! `ppoll` (an atomic unblock-and-wait), so a ring that comes while the thread is busy stays
+//! pending and ends its next wait at once: no ring is lost, and no other system call on the
+//! thread is ever interrupted. Other threads never receive it (`tgkill` names the thread).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::Duration;
 
-use rustix::event::{EventfdFlags, eventfd};
+/// Which signal rings doorbells: a real-time one, unused by glibc, Rust's runtime and hound's
+/// dependencies. Its handler does nothing; the interruption is the message.
+fn wake_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+extern "C" fn on_wake_signal(_: libc::c_int) {}
+
+/// Installs the do-nothing handler once per process (the default action would end it).
+fn install_handler() -> io::Result<()> {
+    static INSTALL: Once = Once::new();
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        // SAFETY: `action` is fully initialised (zeroed, then handler, flags and an empty mask
+        // set); the handler is async-signal-safe because it does nothing.
+        let status = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_wake_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(wake_signal(), &action, std::ptr::null_mut())
+        };
+        if status != 0 {
+            result = Err(io::Error::last_os_error());
+        }
+    });
+    result
+}
 
 /// A socket thread's doorbell: the fan-out rings it after queueing a message, and anyone may
-/// ask the socket to close with a code.
+/// ask the socket to close with a code. Made on the thread it wakes.
 #[derive(Debug)]
 pub struct Doorbell {
-    wake: OwnedFd,
+    /// The thread to wake (its kernel thread id).
+    thread: libc::pid_t,
+    /// The thread's signal mask before the wake-up signal was blocked: what `wait` unblocks.
+    waiting_mask: libc::sigset_t,
+    /// Rung since the thread last looked: further rings need no signal.
+    rung: AtomicBool,
     close: AtomicU16,
 }
 
 impl Doorbell {
+    /// A doorbell for the calling thread, which from now on receives the wake-up signal only
+    /// inside [`Doorbell::wait`].
     pub fn new() -> io::Result<Doorbell> {
-        let wake = eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+        install_handler()?;
+        // SAFETY: both sets are initialised by sigemptyset/pthread_sigmask before being read.
+        let waiting_mask = unsafe {
+            let mut block: libc::sigset_t = std::mem::zeroed();
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut block);
+            libc::sigaddset(&mut block, wake_signal());
+            let status = libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut previous);
+            if status != 0 {
+                return Err(io::Error::from_raw_os_error(status));
+            }
+            libc::sigdelset(&mut previous, wake_signal());
+            previous
+        };
         Ok(Doorbell {
-            wake,
+            thread: rustix::thread::gettid().as_raw_nonzero().get(),
+            waiting_mask,
+            rung: AtomicBool::new(false),
             close: AtomicU16::new(0),
         })
     }
 
-    /// Wakes the socket thread. Never blocks: the eventfd is non-blocking and its counter
-    /// cannot realistically overflow.
+    /// Wakes the socket thread. Never blocks; one signal per wait however often it rings.
     pub fn ring(&self) {
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        if self.rung.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // SAFETY: tgkill takes no pointers. Sent only while the thread is subscribed (the hub
+        // stops ringing a socket before its thread ends), so the id names our socket thread;
+        // an error (the thread just ended) needs no handling.
+        unsafe {
+            libc::syscall(libc::SYS_tgkill, libc::getpid(), self.thread, wake_signal());
+        }
     }
 
     /// Asks the socket to close with `code`; the first request wins.
@@ -46,16 +111,41 @@ impl Doorbell {
         }
     }
 
-    /// Resets the doorbell after a wake-up.
-    pub fn drain(&self) {
-        let mut counter = [0u8; 8];
-        let _ = rustix::io::read(&self.wake, &mut counter);
+    /// Forgets the rings so far: call it before looking at what they announced (the queue, a
+    /// close request), so that a ring after the look wakes the next [`Doorbell::wait`].
+    pub fn answer(&self) {
+        self.rung.store(false, Ordering::Release);
     }
-}
 
-impl AsFd for Doorbell {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
+    /// Sleeps until `socket` has one of `events` (any error or hang-up too), the doorbell rings,
+    /// or `timeout` passes. Returns whether the socket is ready. Call it on the doorbell's thread.
+    pub fn wait(
+        &self,
+        socket: &impl AsFd,
+        events: libc::c_short,
+        timeout: Duration,
+    ) -> io::Result<bool> {
+        let mut entry = libc::pollfd {
+            fd: socket.as_fd().as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        let timeout = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        };
+        // SAFETY: one valid pollfd, a valid timespec and a valid signal set, all borrowed for
+        // the call only.
+        let count = unsafe { libc::ppoll(&mut entry, 1, &timeout, &self.waiting_mask) };
+        if count < 0 {
+            let err = io::Error::last_os_error();
+            // A ring (or any signal) ends the wait early: not an error.
+            if err.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(err);
+        }
+        Ok(entry.revents != 0)
     }
 }
 
@@ -63,6 +153,9 @@ impl AsFd for Doorbell {
 mod tests {
     use super::*;
     use crate::socket::close_code;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::time::Instant;
 
     #[test]
     fn first_close_request_wins() {
@@ -71,19 +164,45 @@ mod tests {
         doorbell.request_close(close_code::SUPERSEDED);
         doorbell.request_close(close_code::GOING_AWAY);
         assert_eq!(doorbell.close_requested(), Some(close_code::SUPERSEDED));
+        doorbell.answer();
     }
 
     #[test]
-    fn drain_resets_the_doorbell() {
-        let doorbell = Doorbell::new().unwrap();
+    fn a_ring_from_another_thread_ends_a_wait_and_one_before_it_is_not_lost() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (quiet, _) = listener.accept().unwrap();
+        let doorbell = Arc::new(Doorbell::new().unwrap());
+        let long = Duration::from_secs(10);
+
+        // Rung before the wait: the pending signal ends it at once.
         doorbell.ring();
-        doorbell.ring();
-        let mut counter = [0u8; 8];
-        assert_eq!(rustix::io::read(&doorbell.wake, &mut counter).unwrap(), 8);
-        assert_eq!(u64::from_ne_bytes(counter), 2);
-        doorbell.ring();
-        doorbell.drain();
-        let err = rustix::io::read(&doorbell.wake, &mut counter).unwrap_err();
-        assert_eq!(err, rustix::io::Errno::AGAIN);
+        let started = Instant::now();
+        assert!(!doorbell.wait(&quiet, libc::POLLIN, long).unwrap());
+        assert!(started.elapsed() < long / 2, "the early ring was lost");
+        doorbell.answer();
+
+        // Rung from another thread during the wait.
+        let ringer = {
+            let doorbell = doorbell.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                doorbell.ring();
+            })
+        };
+        let started = Instant::now();
+        assert!(!doorbell.wait(&quiet, libc::POLLIN, long).unwrap());
+        assert!(
+            started.elapsed() < long / 2,
+            "the ring did not wake the wait"
+        );
+        ringer.join().unwrap();
+        doorbell.answer();
+
+        // Not rung: the wait lasts its timeout.
+        let started = Instant::now();
+        let short = Duration::from_millis(30);
+        assert!(!doorbell.wait(&quiet, libc::POLLIN, short).unwrap());
+        assert!(started.elapsed() >= short);
     }
 }

@@ -1,7 +1,8 @@
-//! One thread per WebSocket: it sleeps in `poll` on its socket and its doorbell, writes what the
-//! fan-out queued, answers pings, pings the client, and notices a close or a dead peer.
+//! One thread per WebSocket: it sleeps in `ppoll` on its socket until the client sends, the
+//! connection drains, or its doorbell rings; it writes what the fan-out queued, answers pings,
+//! pings the client, and notices a close or a dead peer.
 //!
-//! Blocking I/O needs a thread per connection; `poll` lets that one thread wait for both the
+//! Blocking I/O needs a thread per connection; `ppoll` lets that one thread wait for both the
 //! client and the fan-out without a timer tick, so an idle socket costs no CPU.
 
 pub mod close_code;
@@ -11,11 +12,9 @@ pub mod stream;
 pub mod wire;
 
 use std::io;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use rustix::event::{PollFd, PollFlags, Timespec};
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
@@ -66,6 +65,8 @@ pub fn serve(
     let mut closing: Option<(u16, Instant)> = None;
     let mut write_blocked;
     loop {
+        // Rings from here on wake the wait below; what earlier ones announced is looked at now.
+        doorbell.answer();
         // Outgoing: a close request wins over queued messages.
         if closing.is_none()
             && let Some(code) = doorbell.close_requested()
@@ -103,16 +104,20 @@ pub fn serve(
         // A client that sends (pings, say) but does not read would make hound's replies pile
         // up without bound: past a backlog, stop reading and let TCP push back on it.
         let read_paused = ws.get_ref().wire().unsent_len() > READ_PAUSE_BACKLOG;
-        let ready = match wait(ws.get_ref(), !read_paused, write_blocked, doorbell, timeout) {
+        let mut events = 0;
+        if !read_paused {
+            events |= libc::POLLIN;
+        }
+        if write_blocked {
+            events |= libc::POLLOUT;
+        }
+        let socket_ready = match doorbell.wait(ws.get_ref(), events, timeout) {
             Ok(ready) => ready,
             Err(err) => return Ending::PeerLost(format!("poll failed: {err}")),
         };
-        if ready.doorbell {
-            doorbell.drain();
-        }
 
         // Incoming: read every complete frame available.
-        if ready.socket {
+        if socket_ready {
             loop {
                 match ws.read() {
                     Ok(Message::Close(_)) => {
@@ -179,41 +184,5 @@ fn lost(closing: Option<(u16, Instant)>, err: tungstenite::Error) -> Ending {
             ),
         ) => Ending::ClientClosed,
         (None, err) => Ending::PeerLost(err.to_string()),
-    }
-}
-
-struct Ready {
-    socket: bool,
-    doorbell: bool,
-}
-
-/// Sleeps until the socket is readable (if `want_read`) or writable (if `want_write`), the
-/// connection breaks, the doorbell rings, or `timeout` passes.
-fn wait(
-    socket: &impl AsFd,
-    want_read: bool,
-    want_write: bool,
-    doorbell: &Doorbell,
-    timeout: Duration,
-) -> io::Result<Ready> {
-    let mut socket_events = PollFlags::empty();
-    socket_events.set(PollFlags::IN, want_read);
-    socket_events.set(PollFlags::OUT, want_write);
-    let mut fds = [
-        PollFd::new(socket, socket_events),
-        PollFd::new(doorbell, PollFlags::IN),
-    ];
-    // A timeout too long for a timespec is as good as none.
-    let timeout = Timespec::try_from(timeout).ok();
-    match rustix::event::poll(&mut fds, timeout.as_ref()) {
-        Ok(_) => Ok(Ready {
-            socket: !fds[0].revents().is_empty(),
-            doorbell: !fds[1].revents().is_empty(),
-        }),
-        Err(rustix::io::Errno::INTR) => Ok(Ready {
-            socket: false,
-            doorbell: false,
-        }),
-        Err(err) => Err(err.into()),
     }
 }

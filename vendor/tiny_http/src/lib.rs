@@ -328,7 +328,7 @@ impl Server {
                             log::error!("Error setting a new client's timeouts: {}", err);
                             continue;
                         }
-                        let halves = match ssl {
+                        let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -345,9 +345,11 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        halves.map(|(read_closable, write_closable)| {
-                            ClientConnection::new(write_closable, read_closable, limits.clone())
-                        })
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            limits.clone(),
+                        ))
                     }
                     Err(e) => Err(e),
                 };

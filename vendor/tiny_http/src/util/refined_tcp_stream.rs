@@ -9,26 +9,28 @@ use crate::connection::Connection;
 use crate::ssl::SslStream;
 
 pub(crate) enum Stream {
-    Http(Connection),
+    // hound patch: shared by the read and the write half (see `try_clone`)
+    Http(Arc<Connection>),
     #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
     Https(SslStream),
 }
 
-impl Stream {
-    // hound patch: cloning a socket can fail (no descriptor left); that must cost only this
-    // connection, not panic the accept thread.
-    fn try_clone(&self) -> IoResult<Self> {
+impl Clone for Stream {
+    fn clone(&self) -> Self {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
+            // hound patch: a plain connection's halves share its socket, so a connection
+            // holds one descriptor, not two, and making the halves cannot fail for want of a
+            // descriptor (0.12 panicked the accept thread then).
+            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.clone()),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
+            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
         }
     }
 }
 
 impl From<Connection> for Stream {
     fn from(tcp_stream: Connection) -> Self {
-        Stream::Http(tcp_stream)
+        Stream::Http(Arc::new(tcp_stream))
     }
 }
 
@@ -61,7 +63,7 @@ impl Stream {
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.read(buf),
+            Stream::Http(tcp_stream) => (&**tcp_stream).read(buf),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.read(buf),
         }
@@ -71,7 +73,7 @@ impl Read for Stream {
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.write(buf),
+            Stream::Http(tcp_stream) => (&**tcp_stream).write(buf),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.write(buf),
         }
@@ -79,7 +81,7 @@ impl Write for Stream {
 
     fn flush(&mut self) -> IoResult<()> {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.flush(),
+            Stream::Http(tcp_stream) => (&**tcp_stream).flush(),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.flush(),
         }
@@ -96,13 +98,13 @@ pub struct RefinedTcpStream {
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
+    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.try_clone()?, stream);
+        let (read, write) = (stream.clone(), stream);
         let handed_over = Arc::new(AtomicBool::new(false));
 
         let read = RefinedTcpStream {
@@ -119,17 +121,22 @@ impl RefinedTcpStream {
             handed_over,
         };
 
-        Ok((read, write))
+        (read, write)
     }
 
     /// hound patch: the plain TCP socket under this stream, for the application to own. Both
-    /// halves stop shutting the socket down when dropped; this half's descriptor is closed
-    /// (the returned stream is a new descriptor of the same socket) and so is the other half's
-    /// once tiny-http drops it. `None` for TLS and Unix connections.
+    /// halves stop shutting the socket down when dropped; tiny-http's descriptor is closed once
+    /// both are gone (the returned stream is a new descriptor of the same socket). `None` for
+    /// TLS and Unix connections.
     pub(crate) fn into_tcp(self) -> Option<IoResult<TcpStream>> {
         let tcp_stream = match &self.stream {
-            Stream::Http(Connection::Tcp(tcp_stream)) => tcp_stream,
-            _ => return None,
+            Stream::Http(connection) => match &**connection {
+                Connection::Tcp(tcp_stream) => tcp_stream,
+                #[cfg(unix)]
+                Connection::Unix(_) => return None,
+            },
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => return None,
         };
         self.handed_over.store(true, Ordering::Release);
         Some(tcp_stream.try_clone())
