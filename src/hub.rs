@@ -122,6 +122,7 @@ impl Hub {
         self.lock().mirror.membership(service)
     }
 
+    #[cfg(test)]
     pub fn health(&self) -> Health {
         self.lock().health.clone()
     }
@@ -142,6 +143,7 @@ impl Hub {
         state.health.clone()
     }
 
+    #[cfg(test)]
     pub fn revision(&self) -> i64 {
         self.lock().revision
     }

@@ -1,29 +1,37 @@
 //! hound: a sidecar that registers a service in etcd for as long as its WebSocket lives, and
 //! pushes it the membership changes and custom events of the services it cares about.
+//!
+//! The library is what the `hound` binary needs: [`config`] to read the invocation, [`App`] to
+//! run, [`logging`] to set up the log, and [`describe_routes`] for `--routes`. Everything else is
+//! private to the crate.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
-pub mod app;
+mod app;
 pub mod config;
-pub mod context;
-pub mod embedded;
-pub mod error;
-pub mod etcd;
-pub mod http;
-pub mod hub;
-pub(crate) mod keys;
+mod context;
+mod embedded;
+mod error;
+mod etcd;
+mod http;
+mod hub;
+mod keys;
 pub mod logging;
-pub mod membership;
-pub mod message;
-pub mod metrics;
-pub mod names;
-pub(crate) mod owners;
-pub mod reply;
-pub mod session;
-pub mod socket;
-pub mod stack;
-pub mod store;
+mod membership;
+mod message;
+mod metrics;
+mod names;
+mod owners;
+mod reply;
+mod session;
+mod socket;
+mod stack;
+mod store;
+
+#[cfg(test)]
+mod parser_properties;
 
 pub use app::App;
 pub use config::{Config, Invocation};
 pub use error::{Error, Result};
+pub use http::route::describe_routes;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use hound_dog::config::{self, USAGE};
-use hound_dog::http::route::describe_routes;
+use hound_dog::describe_routes;
 use hound_dog::{App, Invocation};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;

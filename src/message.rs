@@ -65,6 +65,7 @@ impl Frame {
     }
 
     /// The message text.
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
         // The payload was a `&str` when the frame was made.
         std::str::from_utf8(&self.bytes[self.header_len..]).unwrap_or_default()

@@ -3,11 +3,11 @@
 //! body. Each must never panic, and what it accepts must satisfy the contract's rules.
 //! `PROPTEST_CASES` raises the case count for a longer fuzzing run.
 
-use hound_dog::http::query::{Query, percent_decode};
-use hound_dog::http::rest::parse_event;
-use hound_dog::http::route::{Route, route};
-use hound_dog::http::upgrade::parameters;
-use hound_dog::names::{Host, Node, parse_monitor_list, parse_port, validate_service};
+use crate::http::query::{Query, percent_decode};
+use crate::http::rest::parse_event;
+use crate::http::route::{Route, route};
+use crate::http::upgrade::parameters;
+use crate::names::{Host, Node, parse_monitor_list, parse_port, validate_service};
 use proptest::prelude::*;
 
 /// Strings biased towards the characters the parsers care about.
@@ -235,8 +235,8 @@ proptest! {
         if let Ok(event) = parse_event(body.to_string().as_bytes()) {
             prop_assert!(!event.event_type.is_empty());
             match event.audience {
-                hound_dog::hub::Audience::Everyone => prop_assert_eq!(broadcast, Some(true)),
-                hound_dog::hub::Audience::Services(names) => {
+                crate::hub::Audience::Everyone => prop_assert_eq!(broadcast, Some(true)),
+                crate::hub::Audience::Services(names) => {
                     prop_assert!(!names.is_empty());
                     for name in names {
                         prop_assert!(validate_service(&name).is_ok());
