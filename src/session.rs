@@ -13,7 +13,7 @@ use tungstenite::protocol::Role;
 
 use crate::context::Context;
 use crate::error::Error;
-use crate::http::listener::Listener;
+use crate::http::listener::{Listener, SocketSlot};
 use crate::hub::{Hub, SocketId, SocketKind};
 use crate::message::Frame;
 use crate::metrics;
@@ -102,6 +102,8 @@ struct Open {
     inbox: Receiver<Frame>,
     doorbell: Arc<Doorbell>,
     peer: SocketAddr,
+    /// Counts the socket against `--max-connections` until it ends.
+    _slot: SocketSlot,
 }
 
 /// Registers (for the register route), subscribes and completes the handshake; `None` if the
@@ -174,6 +176,7 @@ fn open(
         respond_error(request, plan.route, &err);
         return None;
     }
+    let slot = context.listener.socket_slot();
     let ws = match handshake(request, &plan.accept_key, wire) {
         Ok((stream, early_bytes)) => {
             metrics::count_request(plan.route, 101);
@@ -195,6 +198,7 @@ fn open(
         inbox,
         doorbell,
         peer,
+        _slot: slot,
     })
 }
 

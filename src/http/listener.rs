@@ -10,7 +10,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType, bind, socket_with, sockopt};
@@ -28,6 +28,12 @@ pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// each overflow costs a client a SYN retransmission: a second or more.
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// Connections past `--max-connections` still answered, so that `/healthz` and `/metrics` work
+/// at the cap; past these too, tiny_http answers 503 at accept, without spending a thread.
+fn headroom(max_connections: usize) -> usize {
+    32 + max_connections / 32
+}
+
 /// An upgraded connection, handed over by tiny_http: the socket, and whatever the client sent
 /// after its request head that tiny_http had already read.
 #[derive(Debug)]
@@ -41,7 +47,19 @@ pub struct Listener {
     server: Server,
     local_addr: SocketAddr,
     max_connections: usize,
+    /// WebSockets taken over from tiny_http and still open.
+    sockets: Arc<AtomicUsize>,
     stopping: AtomicBool,
+}
+
+/// Counts one open WebSocket against the connection cap for as long as it lives.
+#[derive(Debug)]
+pub struct SocketSlot(Arc<AtomicUsize>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Listener {
@@ -63,12 +81,21 @@ impl Listener {
     ) -> io::Result<Listener> {
         let socket = listen(addr)?;
         let local_addr = socket.local_addr()?;
+        let sockets = Arc::new(AtomicUsize::new(0));
+        let hard_cap = max_connections.saturating_add(headroom(max_connections));
+        let over_capacity = Error::Overloaded(format!(
+            "too many open connections (limit {max_connections}, and {hard_cap} for /healthz \
+             and /metrics)"
+        ));
         let limits = ConnectionLimits {
             timeout: Some(idle_timeout),
             max_head: Some(MAX_REQUEST_HEAD),
             head_too_large_json: Some(Arc::from(error_json(&Error::HeadTooLarge(
                 MAX_REQUEST_HEAD,
             )))),
+            max_connections: Some(hard_cap),
+            connections_elsewhere: Some(sockets.clone()),
+            over_capacity_json: Some(Arc::from(error_json(&over_capacity))),
         };
         let server =
             Server::from_listener_with_limits(socket, None, limits).map_err(io::Error::other)?;
@@ -76,6 +103,7 @@ impl Listener {
             server,
             local_addr,
             max_connections,
+            sockets,
             stopping: AtomicBool::new(false),
         })
     }
@@ -104,9 +132,9 @@ impl Listener {
     }
 
     /// Refuses a request while more than `--max-connections` connections are open: the HTTP
-    /// connections tiny_http holds (this request's own among them) plus `sockets` WebSockets.
-    pub fn admit(&self, sockets: usize) -> Result<()> {
-        let open = self.server.num_connections().max(1) + sockets;
+    /// connections tiny_http holds (this request's own among them) plus the open WebSockets.
+    pub fn admit(&self) -> Result<()> {
+        let open = self.server.num_connections().max(1) + self.sockets.load(Ordering::Relaxed);
         if open > self.max_connections {
             return Err(Error::Overloaded(format!(
                 "too many open connections ({open}, limit {})",
@@ -114,6 +142,13 @@ impl Listener {
             )));
         }
         Ok(())
+    }
+
+    /// Counts a WebSocket against the cap until the slot is dropped. Taken before the hand-over,
+    /// so that a connection never drops out of the count between tiny_http and its socket.
+    pub fn socket_slot(&self) -> SocketSlot {
+        self.sockets.fetch_add(1, Ordering::Relaxed);
+        SocketSlot(self.sockets.clone())
     }
 
     /// Answers `request` with `101 Switching Protocols` and takes its connection from

@@ -43,7 +43,7 @@ fn dispatch(context: &Arc<Context>, request: Request) {
     let label = route.label();
     // Probes and metrics still answer at the cap: that is when operators need them.
     if !matches!(route, Route::Healthz | Route::Metrics)
-        && let Err(err) = context.listener.admit(context.hub.socket_count())
+        && let Err(err) = context.listener.admit()
     {
         return respond_error(request, label, &err);
     }

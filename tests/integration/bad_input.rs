@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tungstenite::Message;
 
@@ -18,25 +18,6 @@ fn raw_exchange(hound: &Hound, bytes: &[u8], within: Duration) -> Vec<u8> {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     answer
-}
-
-/// Asserts that hound still answers promptly.
-fn assert_responsive(hound: &mut Hound) {
-    assert!(
-        hound.is_running(),
-        "hound died; stderr:\n{}",
-        hound.stderr()
-    );
-    let limit = Duration::from_secs(2);
-    let started = Instant::now();
-    let response = try_request_within(hound.addr(), "GET", "/version", &[], b"", limit)
-        .unwrap_or_else(|err| {
-            panic!(
-                "GET /version got no answer within {limit:?} ({err}): hound is stalled after {:?}",
-                started.elapsed()
-            )
-        });
-    assert_eq!(response.status, 200, "{response:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Verifies hound at its limits: it serves again once a descriptor shortage is over, and it
 //! answers 503 past `--max-connections` until connections close.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -21,9 +22,9 @@ fn served(hound: &Hound, within: Duration) -> bool {
 
 /// hound limited to `limit` descriptors (soft and hard, so it cannot raise it) runs out of
 /// them under idle connections, and serves again within a few seconds of their closing; a
-/// socket opened before carries on. Each HTTP connection costs hound two descriptors, so an
-/// even and an odd limit between them cover both ways of running out: no descriptor left for
-/// `accept`, or one left for `accept` and none for what follows it.
+/// socket opened before carries on. An even and an odd limit: when connections cost two
+/// descriptors they covered both ways of running out (none left for `accept`, or none for
+/// what follows it); at one each they check the count does not matter.
 fn serves_again_after_running_out_of_descriptors(limit: usize) {
     let _w = watchdog();
     let etcd = Etcd::start();
@@ -142,4 +143,129 @@ fn quiet_websockets_outlive_the_http_idle_timeout() {
     let both = key_event("api", "PUT", &[("10.0.0.1", 80), ("10.0.0.2", 80)]);
     expect_message(&mut watcher, &both);
     expect_message(&mut own, &both);
+}
+
+/// Threads and resident memory of the hound process, from /proc.
+fn threads_and_rss_kib(hound: &Hound) -> (usize, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hound.pid()))
+        .expect("hound's /proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Threads:"), field("VmRSS:"))
+}
+
+/// Thousands of connections that send nothing: past the cap (plus its headroom for probes)
+/// they are answered 503 at accept without a thread, so hound's threads stay bounded by the
+/// cap; others are still answered, and once the silent ones time out, served again.
+#[test]
+fn silent_connections_past_the_cap_are_refused_at_accept_without_a_thread() {
+    let _w = watchdog();
+    raise_own_fd_limit();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &["--max-connections", "100", "--idle-timeout", "2"]);
+    let (idle_threads, _) = threads_and_rss_kib(&hound);
+    // The cap, and the headroom hound keeps past it for /healthz and /metrics: 32 + 100 / 32.
+    let hard_cap = 100 + 35;
+    let mut silent: Vec<TcpStream> = (0..5_000)
+        .map(|_| TcpStream::connect(hound.addr()).expect("connect"))
+        .collect();
+    // Those past the hard cap get a 503 straight away; read each answer (bounded wait).
+    let mut refused = 0;
+    for stream in &mut silent {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut answer = [0u8; 64];
+        if let Ok(n) = stream.read(&mut answer)
+            && answer[..n].starts_with(b"HTTP/1.1 503")
+        {
+            refused += 1;
+        }
+        if refused + hard_cap >= 5_000 {
+            break;
+        }
+    }
+    let (threads, _) = threads_and_rss_kib(&hound);
+    eprintln!("5,000 silent connections: {refused} refused at accept, {threads} threads");
+    assert!(
+        refused + hard_cap + 10 >= 5_000,
+        "only {refused} of the 5,000 silent connections were refused at accept"
+    );
+    assert!(
+        threads <= idle_threads + hard_cap + 10,
+        "hound runs {threads} threads ({idle_threads} idle) for 5,000 silent connections"
+    );
+    // Others still get an answer: a 503 at accept while the silent ones hold the cap.
+    let answer = try_request_within(hound.addr(), "GET", "/healthz", &[], b"", PROMPT)
+        .expect("an answer while silent connections hold the cap");
+    assert!(matches!(answer.status, 200 | 503), "{answer:?}");
+    // The silent ones time out (--idle-timeout 2): hound serves again.
+    poll_until(
+        Duration::from_secs(10),
+        "hound to serve /healthz once the silent connections timed out",
+        || served(&hound, Duration::from_secs(1)),
+    );
+    drop(silent);
+}
+
+/// Header lines that never end: tiny_http used to buffer them without limit (1.3 GB in 6.5 s
+/// from one connection). Each connection is answered 431 or cut as soon as its head passes
+/// 16 KiB, and hound's memory stays flat with 20 at once.
+#[test]
+fn endless_header_lines_are_cut_at_16_kib_and_memory_stays_flat() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &[]);
+    let (_, rss_before) = threads_and_rss_kib(&hound);
+    let chunk = vec![b'a'; 64 * 1024];
+    let sent_per_connection: Vec<usize> = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut stream = TcpStream::connect(hound.addr()).expect("connect");
+                    stream
+                        .set_write_timeout(Some(Duration::from_secs(2)))
+                        .expect("timeout");
+                    let mut sent = 0;
+                    if stream.write_all(b"GET / HTTP/1.1\r\nX-Endless: ").is_err() {
+                        return sent;
+                    }
+                    // At most 8 MiB each: far more than any buffer on the way holds.
+                    while sent < 8 * 1024 * 1024 {
+                        match stream.write(&chunk) {
+                            Ok(n) => sent += n,
+                            Err(_) => break,
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        senders
+            .into_iter()
+            .map(|sender| sender.join().expect("sender"))
+            .collect()
+    });
+    let (_, rss_after) = threads_and_rss_kib(&hound);
+    eprintln!(
+        "endless headers: bytes taken per connection {sent_per_connection:?}; RSS {rss_before} \
+         -> {rss_after} KiB"
+    );
+    assert!(
+        sent_per_connection
+            .iter()
+            .all(|&sent| sent < 8 * 1024 * 1024),
+        "hound kept reading an endless header line: {sent_per_connection:?}"
+    );
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "hound's memory grew from {rss_before} to {rss_after} KiB"
+    );
+    assert_responsive(&mut hound);
 }

@@ -498,3 +498,29 @@ pub fn assert_usage_error(output: &Output, what: &str) {
         "{what}: expected exactly one line on stderr, got:\n{stderr}"
     );
 }
+
+/// Asserts that hound still answers promptly.
+pub fn assert_responsive(hound: &mut Hound) {
+    assert!(
+        hound.is_running(),
+        "hound died; stderr:\n{}",
+        hound.stderr()
+    );
+    let limit = Duration::from_secs(2);
+    let started = Instant::now();
+    let response = super::http::try_request_within(
+        hound.addr(),
+        "GET",
+        "/version",
+        &[],
+        b"",
+        limit,
+    )
+    .unwrap_or_else(|err| {
+        panic!(
+            "GET /version got no answer within {limit:?} ({err}): hound is stalled after {:?}",
+            started.elapsed()
+        )
+    });
+    assert_eq!(response.status, 200, "{response:?}");
+}

@@ -98,6 +98,7 @@ use std::error::Error;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -159,6 +160,46 @@ pub struct ConnectionLimits {
     pub max_head: Option<usize>,
     /// The body of that 431 answer, sent as `application/json` (`None`: an empty body).
     pub head_too_large_json: Option<Arc<str>>,
+    /// The most connections open at once: this server's plus `connections_elsewhere`. A
+    /// connection accepted past it is answered `503 Service Unavailable` (with
+    /// `over_capacity_json` as its body) and closed at once, without a thread.
+    pub max_connections: Option<usize>,
+    /// Connections the application holds that count against `max_connections` (the
+    /// connections it took over with `Request::upgrade_into_tcp`, say).
+    pub connections_elsewhere: Option<Arc<AtomicUsize>>,
+    /// The body of the 503 answer, sent as `application/json` (`None`: an empty body).
+    pub over_capacity_json: Option<Arc<str>>,
+}
+
+impl ConnectionLimits {
+    /// Whether one more connection would pass `max_connections`.
+    fn full(&self, open_here: usize) -> bool {
+        let elsewhere = self
+            .connections_elsewhere
+            .as_ref()
+            .map_or(0, |count| count.load(Relaxed));
+        self.max_connections
+            .map_or(false, |max| open_here + elsewhere >= max)
+    }
+}
+
+/// hound patch: answers a connection past `max_connections` with a 503 and closes it. Best
+/// effort and never blocking: the accept thread must not wait on any client.
+fn refuse(sock: Connection, limits: &ConnectionLimits) {
+    let body = limits.over_capacity_json.as_deref().unwrap_or("");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    );
+    if sock.set_nonblocking(true).is_ok() {
+        let _ = (&sock).write(answer.as_bytes());
+        let _ = sock.shutdown(Shutdown::Write);
+        // Whatever the client already sent is read and dropped, so that closing does not
+        // reset the connection before the answer is read.
+        let _ = (&sock).read(&mut [0; 4096]);
+    }
 }
 
 enum Message {
@@ -324,6 +365,10 @@ impl Server {
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
+                        if limits.full(inside_connections.load(Relaxed)) {
+                            refuse(sock, &limits);
+                            continue;
+                        }
                         if let Err(err) = sock.set_timeouts(limits.timeout) {
                             log::error!("Error setting a new client's timeouts: {}", err);
                             continue;
