@@ -8,7 +8,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::error::{Error, Result};
-use crate::http::access::{Access, normalise_origin};
+use crate::http::access::{Access, AllowedHosts, normalise_origin};
 use crate::names;
 
 pub const USAGE: &str = "\
@@ -31,14 +31,17 @@ Options:
       --namespace NAME         key prefix for registrations      [env HOUND_NAMESPACE, default service]
       --event-namespace NAME   key prefix for custom events      [env HOUND_EVENT_NAMESPACE, default event]
       --ping-interval SECONDS  WebSocket ping interval           [env HOUND_PING_INTERVAL, default 15]
-      --idle-timeout SECONDS   drop HTTP connections idle this long
-                               (or unanswered twice as long)     [env HOUND_IDLE_TIMEOUT, default 15]
+      --idle-timeout SECONDS   close an HTTP connection that waits this
+                               long to read or write             [env HOUND_IDLE_TIMEOUT, default 15]
       --max-connections N      answer 503 past this many open
                                connections        [env HOUND_MAX_CONNECTIONS, default from fd limit]
       --token TOKEN            require Authorization: Bearer TOKEN
                                (or ?token= on WebSocket routes)  [env HOUND_TOKEN]
       --allow-origin ORIGINS   comma-separated browser origins allowed
                                besides hound's own host          [env HOUND_ALLOW_ORIGIN]
+      --allow-host HOSTS       comma-separated names hound answers to
+                               besides IP addresses and localhost
+                               (* for any)                       [env HOUND_ALLOW_HOST]
       --log-level LEVEL        error, warn, info, debug, trace   [env HOUND_LOG, default info]
       --log-format FORMAT      text, or json (one object a line) [env HOUND_LOG_FORMAT, default text]
   -r, --routes                 print the routes and exit
@@ -122,6 +125,7 @@ struct RawArgs {
     token: Option<String>,
     max_connections: Option<String>,
     allow_origin: Option<String>,
+    allow_host: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
 }
@@ -167,6 +171,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         token: flag(&mut args, "--token")?,
         max_connections: flag(&mut args, "--max-connections")?,
         allow_origin: flag(&mut args, "--allow-origin")?,
+        allow_host: flag(&mut args, "--allow-host")?,
         log_level: flag(&mut args, "--log-level")?,
         log_format: flag(&mut args, "--log-format")?,
     };
@@ -232,7 +237,7 @@ impl Config {
         let ping_interval = seconds("--ping-interval", &ping)?;
         let idle = from.pick(raw.idle_timeout, "HOUND_IDLE_TIMEOUT", "15");
         let idle_timeout = seconds("--idle-timeout", &idle)?;
-        let access = access(&from, raw.token, raw.allow_origin)?;
+        let access = access(&from, raw.token, raw.allow_origin, raw.allow_host)?;
         let max_connections =
             max_connections(from.given(raw.max_connections, "HOUND_MAX_CONNECTIONS"))?;
         let log_level = log_level(&from.pick(raw.log_level, "HOUND_LOG", "info"))?;
@@ -415,8 +420,13 @@ fn namespaces(
     Ok((namespace, event_namespace))
 }
 
-/// `--token` and `--allow-origin`: who may use hound.
-fn access(from: &Sources, token: Option<String>, allow_origin: Option<String>) -> Result<Access> {
+/// `--token`, `--allow-origin` and `--allow-host`: who may use hound.
+fn access(
+    from: &Sources,
+    token: Option<String>,
+    allow_origin: Option<String>,
+    allow_host: Option<String>,
+) -> Result<Access> {
     let token = from.given(token, "HOUND_TOKEN");
     if token
         .as_deref()
@@ -433,9 +443,15 @@ fn access(from: &Sources, token: Option<String>, allow_origin: Option<String>) -
         .map(normalise_origin)
         .filter(|origin| !origin.is_empty())
         .collect();
+    let allowed_hosts = AllowedHosts::parse(
+        &from
+            .given(allow_host, "HOUND_ALLOW_HOST")
+            .unwrap_or_default(),
+    )?;
     Ok(Access {
         token,
         allowed_origins,
+        allowed_hosts,
     })
 }
 

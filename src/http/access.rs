@@ -1,4 +1,5 @@
-//! Access rules: refuse cross-site browser requests, and require the token if one is set.
+//! Access rules: answer only to hound's own host names, refuse cross-site browser requests,
+//! and require the token if one is set.
 
 use tiny_http::Request;
 
@@ -13,6 +14,62 @@ pub struct Access {
     pub token: Option<String>,
     /// Origins allowed besides the request's own host, normalised (see [`normalise_origin`]).
     pub allowed_origins: Vec<String>,
+    /// Names hound answers to besides IP addresses and localhost.
+    pub allowed_hosts: AllowedHosts,
+}
+
+/// The host names in `Host` that hound answers to besides IP addresses, `localhost` and
+/// `*.localhost` (`--allow-host`). A browser page on any other name may be a DNS-rebinding
+/// attack: the attacker's name resolving to hound's address, which lets the page read hound's
+/// answers as its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AllowedHosts {
+    /// These names, lower case, without ports.
+    #[default]
+    None,
+    Names(Vec<String>),
+    /// `*`: any name (the check is off, as behind a proxy that checks names itself).
+    Any,
+}
+
+impl AllowedHosts {
+    /// Parses `--allow-host`: comma-separated names, or `*`.
+    pub fn parse(list: &str) -> Result<AllowedHosts> {
+        let names: Vec<String> = list
+            .split(',')
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect();
+        if names.iter().any(|name| name == "*") {
+            return Ok(AllowedHosts::Any);
+        }
+        if let Some(bad) = names.iter().find(|name| {
+            !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }) {
+            return Err(Error::Config(format!(
+                "--allow-host {bad:?} is not a host name (give names without ports, or *)"
+            )));
+        }
+        Ok(if names.is_empty() {
+            AllowedHosts::None
+        } else {
+            AllowedHosts::Names(names)
+        })
+    }
+
+    /// Whether hound answers to `host` (a `Host` header's value).
+    fn admit(&self, host: &str) -> bool {
+        let name = host_name(host).to_ascii_lowercase();
+        let loopback_name = name == "localhost" || name.ends_with(".localhost");
+        match self {
+            AllowedHosts::Any => true,
+            _ if loopback_name || name.parse::<std::net::IpAddr>().is_ok() => true,
+            AllowedHosts::Names(names) => names.contains(&name),
+            AllowedHosts::None => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Access {
@@ -26,9 +83,19 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    /// Checks a routed request: 401 without the token, 403 for a foreign `Origin` on a
-    /// WebSocket upgrade or a POST.
+    /// Checks a routed request: 403 for a `Host` that is not one of hound's names (but on
+    /// `/healthz`), 401 without the token, 403 for a foreign `Origin` on a WebSocket upgrade or
+    /// a POST.
     pub fn check(&self, request: &Request, route: &Route, query: &Query) -> Result<()> {
+        // Without a Host header the client is no browser, and no rebinding page.
+        if let Some(host) = header(request, "Host")
+            && !matches!(route, Route::Healthz)
+            && !self.allowed_hosts.admit(host)
+        {
+            return Err(Error::Forbidden(format!(
+                "host {host:?} is not one of hound's names; allow it with --allow-host"
+            )));
+        }
         if let Some(token) = &self.token
             && !matches!(route, Route::Healthz | Route::Version)
         {
@@ -86,13 +153,19 @@ fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-/// Whether a `Host` header names an IP address or `localhost`, not a DNS name.
-fn addressed_directly(host: &str) -> bool {
+/// The name or address in a `Host` header, without its port and an IPv6 literal's brackets.
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
     let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.parse::<u16>().is_ok() => name,
+        Some((name, port)) if port.parse::<u16>().is_ok() && !name.ends_with(':') => name,
         _ => host,
     };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Whether a `Host` header names an IP address or `localhost`, not a DNS name.
+fn addressed_directly(host: &str) -> bool {
+    let name = host_name(host);
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
@@ -168,6 +241,42 @@ mod tests {
         ] {
             assert!(!addressed_directly(host), "{host}");
         }
+    }
+
+    #[test]
+    fn hound_answers_to_addresses_localhost_and_allowed_names_only() {
+        let none = AllowedHosts::default();
+        for host in [
+            "127.0.0.1:3000",
+            "10.0.0.7",
+            "[::1]:3000",
+            "[fe80::1]",
+            "localhost:3000",
+            "api.localhost",
+            "LOCALHOST",
+        ] {
+            assert!(none.admit(host), "{host}");
+        }
+        for host in [
+            "attacker.example:3000",
+            "attacker.example",
+            "",
+            "localhost.evil",
+        ] {
+            assert!(!none.admit(host), "{host}");
+        }
+        let named = AllowedHosts::parse(" Hound.internal ,sidecar").unwrap();
+        assert!(named.admit("hound.internal:80"));
+        assert!(named.admit("SIDECAR"));
+        assert!(!named.admit("attacker.example"));
+        assert!(
+            AllowedHosts::parse("a,*")
+                .unwrap()
+                .admit("attacker.example")
+        );
+        assert_eq!(AllowedHosts::parse(" , ").unwrap(), AllowedHosts::None);
+        assert!(AllowedHosts::parse("hound:80").is_err());
+        assert!(AllowedHosts::parse("http://hound").is_err());
     }
 
     #[test]

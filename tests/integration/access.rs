@@ -198,3 +198,58 @@ fn the_token_can_come_from_env() {
     );
     assert_eq!(response.status, 200, "{response:?}");
 }
+
+/// A page on a rebinding domain (the attacker's name resolving to hound's address) must not
+/// read hound's answers: a `Host` that is not one of hound's names gets 403 on every route but
+/// `/healthz`, until `--allow-host` names it.
+#[test]
+fn a_foreign_host_name_is_403_on_every_route_but_healthz() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let ask = |hound: &Hound, path: &str, host: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(hound.addr(), request.as_bytes(), PROMPT);
+        read_response(&mut &answer[..]).expect("an HTTP answer")
+    };
+    let hound = Hound::start(&etcd, &[]);
+    let port = hound.addr().port();
+    let foreign = format!("attacker.example:{port}");
+    for path in [
+        "/etcd/services",
+        "/etcd/services/api",
+        "/metrics",
+        "/",
+        "/version",
+    ] {
+        ask(&hound, path, &foreign).assert_error(403);
+        assert_eq!(
+            ask(&hound, path, &format!("127.0.0.1:{port}")).status,
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            ask(&hound, path, &format!("localhost:{port}")).status,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(ask(&hound, "/healthz", &foreign).status, 200);
+
+    let allowing = Hound::start(&etcd, &["--allow-host", "attacker.example"]);
+    let port = allowing.addr().port();
+    assert_eq!(
+        ask(
+            &allowing,
+            "/etcd/services",
+            &format!("ATTACKER.example:{port}")
+        )
+        .status,
+        200
+    );
+    ask(
+        &allowing,
+        "/etcd/services",
+        &format!("other.example:{port}"),
+    )
+    .assert_error(403);
+}
