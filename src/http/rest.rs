@@ -13,7 +13,7 @@ use crate::http::route::Route;
 use crate::hub::{Audience, Health};
 use crate::message::json_string;
 use crate::metrics;
-use crate::names::validate_service;
+use crate::names::{MAX_MONITORED, validate_service};
 
 /// How long reads made while hound is still starting wait for its first view of etcd.
 const STARTUP_GRACE: Duration = Duration::from_secs(2);
@@ -202,9 +202,18 @@ pub fn parse_event(body: &[u8]) -> Result<CustomEvent> {
             ));
         }
     };
-    let services = request.services.unwrap_or_default();
+    let mut services = request.services.unwrap_or_default();
     for service in &services {
         validate_service(service)?;
+    }
+    services.sort();
+    services.dedup();
+    // A `*` socket receives one message per service named: an event naming thousands could
+    // fill a socket's queue at once, however fast it reads.
+    if services.len() > MAX_MONITORED {
+        return Err(Error::BadRequest(format!(
+            "services lists more than {MAX_MONITORED} services"
+        )));
     }
     let audience = if request.broadcast == Some(true) {
         Audience::Everyone
@@ -213,10 +222,7 @@ pub fn parse_event(body: &[u8]) -> Result<CustomEvent> {
             "give a non-empty services list or broadcast: true".into(),
         ));
     } else {
-        let mut unique = services;
-        unique.sort();
-        unique.dedup();
-        Audience::Services(unique)
+        Audience::Services(services)
     };
     Ok(CustomEvent {
         event_type,
@@ -234,6 +240,24 @@ mod tests {
             Ok(_) => 200,
             Err(err) => err.status(),
         }
+    }
+
+    #[test]
+    fn an_event_names_at_most_64_services() {
+        let names = |n: usize| (0..n).map(|i| format!("\"s{i}\"")).collect::<Vec<_>>();
+        let body = |n| {
+            format!(
+                r#"{{"event_type":"t","services":[{}]}}"#,
+                names(n).join(",")
+            )
+        };
+        assert_eq!(status_of(&body(MAX_MONITORED)), 200);
+        assert_eq!(status_of(&body(MAX_MONITORED + 1)), 400);
+        let repeated = format!(
+            r#"{{"event_type":"t","services":[{}]}}"#,
+            vec!["\"a\""; 500].join(",")
+        );
+        assert_eq!(status_of(&repeated), 200, "duplicates count once");
     }
 
     #[test]

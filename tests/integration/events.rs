@@ -91,3 +91,35 @@ fn a_broadcast_reaches_every_socket_with_namespace_star() {
         expect_no_message(ws, QUIET);
     }
 }
+
+/// One POST naming thousands of services used to push every `monitor=*` socket over its queue
+/// at once (a message per service) and close it with 1013. Past 64 services it is a 400 now,
+/// and an event naming 64 reaches a `*` socket whole, which stays open.
+#[test]
+fn an_event_naming_too_many_services_is_400_and_closes_no_socket() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &[]);
+    // Naming a service too gets the socket a SYNC to wait for (`*` alone has none here).
+    let mut everything = monitor(&hound, &["*", "s00"]);
+    assert_eq!(
+        next_json(&mut everything, PROMPT)["body"]["key_event"],
+        "SYNC"
+    );
+    let body = "x".repeat(30 * 1024);
+    let many: Vec<String> = (0..4_000).map(|i| format!("s{i}")).collect();
+    hound
+        .post_event(&json!({"event_type": "flood", "event_body": body, "services": many}))
+        .assert_error(400);
+    expect_no_message(&mut everything, QUIET);
+
+    let most: Vec<String> = (0..64).map(|i| format!("s{i:02}")).collect();
+    let small = "y".repeat(900);
+    assert_accepted(
+        &hound.post_event(&json!({"event_type": "most", "event_body": small, "services": most})),
+    );
+    for service in &most {
+        expect_message(&mut everything, &custom_event(service, "most", &small));
+    }
+    expect_no_message(&mut everything, QUIET);
+}
