@@ -40,6 +40,19 @@ struct Service {
     membership: Membership,
 }
 
+impl Service {
+    /// Recomputes the membership from the nodes; returns it if it differs from before. Two keys
+    /// holding one address list it once, so adding or removing the second changes nothing.
+    fn refresh(&mut self) -> Option<Membership> {
+        let membership = Membership::of(&self.nodes);
+        if membership.json() == self.membership.json() {
+            return None;
+        }
+        self.membership = membership.clone();
+        Some(membership)
+    }
+}
+
 /// Every service with at least one node, as last read from etcd.
 #[derive(Debug, Default)]
 pub struct Mirror {
@@ -47,8 +60,9 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Records `node` under `service`/`key`. Returns the new membership when something changed;
-    /// a PUT that rewrites a node with the same address (a lease takeover) changes nothing.
+    /// Records `node` under `service`/`key`. Returns the new membership when it changed: a PUT
+    /// that rewrites a node with the same address (a lease takeover), or that adds an address
+    /// another key already holds, changes nothing.
     pub fn put(&mut self, service: &str, key: &str, node: Node) -> Option<Membership> {
         let entry = self
             .services
@@ -61,21 +75,19 @@ impl Mirror {
             return None;
         }
         entry.nodes.insert(key.to_owned(), node);
-        entry.membership = Membership::of(&entry.nodes);
-        Some(entry.membership.clone())
+        entry.refresh()
     }
 
-    /// Forgets `service`/`key`. Returns the new membership if the key was known.
+    /// Forgets `service`/`key`. Returns the new membership when it changed (not when another
+    /// key still holds the same address).
     pub fn remove(&mut self, service: &str, key: &str) -> Option<Membership> {
         let entry = self.services.get_mut(service)?;
         entry.nodes.remove(key)?;
-        let membership = Membership::of(&entry.nodes);
         if entry.nodes.is_empty() {
             self.services.remove(service);
-        } else {
-            entry.membership = membership.clone();
+            return Some(Membership::empty());
         }
-        Some(membership)
+        entry.refresh()
     }
 
     /// The current membership of `service` (empty if unknown).
@@ -151,6 +163,22 @@ mod tests {
         assert_eq!(m.json(), "[]");
         assert!(mirror.service_names().is_empty());
         assert_eq!(mirror.membership("api").json(), "[]");
+    }
+
+    #[test]
+    fn a_second_key_with_a_listed_address_changes_nothing() {
+        let mut mirror = Mirror::default();
+        assert!(mirror.put("api", "a", node("10.0.0.1:80")).is_some());
+        assert!(mirror.put("api", "b", node("10.0.0.1:80")).is_none());
+        assert!(
+            mirror.remove("api", "a").is_none(),
+            "b still lists the address"
+        );
+        assert_eq!(
+            mirror.membership("api").json(),
+            r#"[{"ip":"10.0.0.1","port":80}]"#
+        );
+        assert_eq!(mirror.remove("api", "b").unwrap().json(), "[]");
     }
 
     #[test]

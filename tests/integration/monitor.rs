@@ -117,3 +117,31 @@ fn empty_items_in_the_monitor_list_are_ignored() {
     );
     expect_no_message(&mut ws, QUIET);
 }
+
+/// Two keys holding one address list it once: adding or removing the second sends nothing, as
+/// the membership did not change; removing the last sends it.
+#[test]
+fn a_second_key_with_a_listed_address_sends_nothing() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &[]);
+    let mut client = etcd.client();
+    let mut ws = monitor_synced(&hound, &["api"]);
+    let (first, second) = (hound.key("api", "a"), hound.key("api", "b"));
+    client.put(&first, "10.0.0.1:80");
+    expect_message(&mut ws, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
+    client.put(&second, "10.0.0.1:80");
+    client.delete(&first);
+    // A marker change after both, so that "nothing" is not just "not yet".
+    client.put(&hound.key("api", "c"), "10.0.0.3:80");
+    expect_message(
+        &mut ws,
+        &key_event("api", "PUT", &[("10.0.0.1", 80), ("10.0.0.3", 80)]),
+    );
+    assert_eq!(
+        hound.nodes("api"),
+        [("10.0.0.1".into(), 80), ("10.0.0.3".into(), 80)]
+    );
+    client.delete(&second);
+    expect_message(&mut ws, &key_event("api", "DELETE", &[("10.0.0.3", 80)]));
+}
