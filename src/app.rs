@@ -11,6 +11,7 @@ use crate::context::Context;
 use crate::embedded::Embedded;
 use crate::error::{Error, Result};
 use crate::etcd::{Etcd, Settings};
+use crate::http::budget::EventBudget;
 use crate::http::listener::Listener;
 use crate::hub::Hub;
 use crate::socket::close_code;
@@ -77,6 +78,7 @@ impl App {
             listener,
             ping_interval: config.ping_interval,
             access: config.access.clone(),
+            events: EventBudget::new(config.event_limits),
         });
         let mut workers = Vec::new();
         for n in 0..HTTP_WORKERS {

@@ -9,6 +9,7 @@ use log::LevelFilter;
 
 use crate::error::{Error, Result};
 use crate::http::access::{Access, AllowedHosts, normalise_origin};
+use crate::http::budget::EventLimits;
 use crate::names;
 
 pub const USAGE: &str = "\
@@ -33,6 +34,14 @@ Options:
       --ping-interval SECONDS  WebSocket ping interval           [env HOUND_PING_INTERVAL, default 15]
       --idle-timeout SECONDS   close an HTTP connection that waits this
                                long to read or write             [env HOUND_IDLE_TIMEOUT, default 15]
+      --event-rate N           events a client may publish per second
+                               (429 past it)                     [env HOUND_EVENT_RATE, default 50]
+      --event-bytes N          bytes of events a client may publish
+                               per second                  [env HOUND_EVENT_BYTES, default 524288]
+      --event-rate-total N     events all clients together may publish
+                               per second                  [env HOUND_EVENT_RATE_TOTAL, default 500]
+      --event-bytes-total N    bytes of events all clients together
+                               per second           [env HOUND_EVENT_BYTES_TOTAL, default 2097152]
       --max-connections N      answer 503 past this many open
                                connections        [env HOUND_MAX_CONNECTIONS, default from fd limit]
       --token TOKEN            require Authorization: Bearer TOKEN
@@ -76,6 +85,7 @@ pub struct Config {
     pub access: Access,
     /// Past this many open connections requests get 503; `None` derives it from the fd limit.
     pub max_connections: Option<usize>,
+    pub event_limits: EventLimits,
     pub log_level: LevelFilter,
     pub log_format: LogFormat,
 }
@@ -124,10 +134,20 @@ struct RawArgs {
     idle_timeout: Option<String>,
     token: Option<String>,
     max_connections: Option<String>,
+    events: RawEventArgs,
     allow_origin: Option<String>,
     allow_host: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
+}
+
+/// The event budget's flags as given.
+#[derive(Debug, Default)]
+struct RawEventArgs {
+    rate: Option<String>,
+    bytes: Option<String>,
+    rate_total: Option<String>,
+    bytes_total: Option<String>,
 }
 
 /// The etcd flags as given: endpoints and security.
@@ -170,6 +190,12 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         idle_timeout: flag(&mut args, "--idle-timeout")?,
         token: flag(&mut args, "--token")?,
         max_connections: flag(&mut args, "--max-connections")?,
+        events: RawEventArgs {
+            rate: flag(&mut args, "--event-rate")?,
+            bytes: flag(&mut args, "--event-bytes")?,
+            rate_total: flag(&mut args, "--event-rate-total")?,
+            bytes_total: flag(&mut args, "--event-bytes-total")?,
+        },
         allow_origin: flag(&mut args, "--allow-origin")?,
         allow_host: flag(&mut args, "--allow-host")?,
         log_level: flag(&mut args, "--log-level")?,
@@ -240,6 +266,7 @@ impl Config {
         let access = access(&from, raw.token, raw.allow_origin, raw.allow_host)?;
         let max_connections =
             max_connections(from.given(raw.max_connections, "HOUND_MAX_CONNECTIONS"))?;
+        let event_limits = event_limits(&from, raw.events)?;
         let log_level = log_level(&from.pick(raw.log_level, "HOUND_LOG", "info"))?;
         let log_format = log_format(&from.pick(raw.log_format, "HOUND_LOG_FORMAT", "text"))?;
         Ok(Config {
@@ -254,6 +281,7 @@ impl Config {
             idle_timeout,
             access,
             max_connections,
+            event_limits,
             log_level,
             log_format,
         })
@@ -464,6 +492,48 @@ fn max_connections(given: Option<String>) -> Result<Option<usize>> {
             "--max-connections {text:?} is not a positive number"
         ))),
     }
+}
+
+/// The event budget: four positive numbers a second, each with a default.
+fn event_limits(from: &Sources, raw: RawEventArgs) -> Result<EventLimits> {
+    let defaults = EventLimits::default();
+    let per_second = |given: Option<String>, flag: &str, var: &str, default: f64| {
+        let Some(text) = from.given(given, var) else {
+            return Ok(default);
+        };
+        match text.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(n as f64),
+            _ => Err(Error::Config(format!(
+                "{flag} {text:?} is not a positive whole number"
+            ))),
+        }
+    };
+    Ok(EventLimits {
+        per_client_events: per_second(
+            raw.rate,
+            "--event-rate",
+            "HOUND_EVENT_RATE",
+            defaults.per_client_events,
+        )?,
+        per_client_bytes: per_second(
+            raw.bytes,
+            "--event-bytes",
+            "HOUND_EVENT_BYTES",
+            defaults.per_client_bytes,
+        )?,
+        total_events: per_second(
+            raw.rate_total,
+            "--event-rate-total",
+            "HOUND_EVENT_RATE_TOTAL",
+            defaults.total_events,
+        )?,
+        total_bytes: per_second(
+            raw.bytes_total,
+            "--event-bytes-total",
+            "HOUND_EVENT_BYTES_TOTAL",
+            defaults.total_bytes,
+        )?,
+    })
 }
 
 /// `--log-level`, in any case.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::access::Access;
+use crate::http::budget::EventBudget;
 use crate::http::listener::Listener;
 use crate::hub::Hub;
 use crate::store::Store;
@@ -16,4 +17,6 @@ pub struct Context {
     pub listener: Listener,
     pub ping_interval: Duration,
     pub access: Access,
+    /// How many events each client and all clients may publish.
+    pub events: EventBudget,
 }

@@ -27,6 +27,9 @@ pub enum Error {
     HeadTooLarge(usize),
     /// The body is not declared as JSON. HTTP 415.
     UnsupportedMediaType,
+    /// The client, or all clients together, published more events than the budget allows:
+    /// retry after the duration given (in `Retry-After`). HTTP 429.
+    TooManyRequests(std::time::Duration),
     /// etcd cannot be reached or did not answer in time: retry later. HTTP 503.
     Unavailable(String),
     /// hound holds as many connections as it allows: retry later. HTTP 503.
@@ -49,6 +52,7 @@ impl Error {
             Error::PayloadTooLarge(_) => 413,
             Error::UnsupportedMediaType => 415,
             Error::HeadTooLarge(_) => 431,
+            Error::TooManyRequests(_) => 429,
             Error::UpgradeRequired => 426,
             Error::Unavailable(_) | Error::Overloaded(_) => 503,
             Error::Internal(_) => 500,
@@ -76,6 +80,11 @@ impl fmt::Display for Error {
             Error::HeadTooLarge(limit) => {
                 write!(f, "request line and headers are larger than {limit} bytes")
             }
+            Error::TooManyRequests(wait) => write!(
+                f,
+                "too many events; retry in {} s",
+                retry_after_seconds(*wait)
+            ),
             Error::Unavailable(why) => write!(f, "etcd is unavailable: {why}"),
             Error::Internal(why) => write!(f, "internal error: {why}"),
         }
@@ -83,3 +92,8 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// A wait as `Retry-After` gives it: whole seconds, rounded up, at least 1.
+pub fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}

@@ -36,6 +36,8 @@ pub static ETCD_RECONNECTS: Counter = Counter::new();
 pub static WATCH_RESYNCS: Counter = Counter::new();
 /// Registrations written again with a new lease after etcd lost theirs.
 pub static LEASE_REGRANTS: Counter = Counter::new();
+/// Events refused with 429 because the event budget was spent.
+pub static EVENTS_REFUSED: Counter = Counter::new();
 /// Registrations this hound keeps alive (a gauge kept by the etcd thread).
 pub static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -109,6 +111,12 @@ pub fn render(sockets: SocketGauges) -> String {
         "counter",
         "Registrations written again with a new lease after etcd lost theirs.",
         &plain(LEASE_REGRANTS.get()),
+    );
+    family(
+        "hound_events_refused_total",
+        "counter",
+        "Events refused with 429 because a client or all clients spent the event budget.",
+        &plain(EVENTS_REFUSED.get()),
     );
     let requests: Vec<(String, u64)> = REQUESTS
         .lock()

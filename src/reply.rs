@@ -4,7 +4,7 @@ use std::io::Read;
 
 use tiny_http::{Header, Request, Response};
 
-use crate::error::Error;
+use crate::error::{Error, retry_after_seconds};
 use crate::message::json_string;
 use crate::metrics;
 
@@ -27,6 +27,10 @@ pub fn respond_error(request: Request, route: &'static str, err: &Error) {
     let extra_header = match err {
         Error::MethodNotAllowed(allowed) => Header::from_bytes(&b"Allow"[..], allowed.as_bytes()),
         Error::Unauthorized => Header::from_bytes(&b"WWW-Authenticate"[..], &b"Bearer"[..]),
+        Error::TooManyRequests(wait) => Header::from_bytes(
+            &b"Retry-After"[..],
+            retry_after_seconds(*wait).to_string().as_bytes(),
+        ),
         _ => Err(()),
     };
     if let Ok(header) = extra_header {

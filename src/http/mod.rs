@@ -2,6 +2,7 @@
 //! hand validated WebSocket upgrades to their own threads. Errors become responses in `reply`.
 
 pub mod access;
+pub mod budget;
 pub mod listener;
 pub mod query;
 pub mod rest;

@@ -1,7 +1,7 @@
 //! The REST routes, answered inline from the mirror (reads) or through etcd (status, events).
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tiny_http::Request;
@@ -96,7 +96,13 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
             ok(format!("{{\"services\":{}}}", membership.json()))
         }
         Route::Event => {
-            let event = read_event(request)?;
+            let (event, size) = read_event(request)?;
+            if let Some(client) = request.remote_addr()
+                && let Err(wait) = context.events.spend(client.ip(), size, Instant::now())
+            {
+                metrics::EVENTS_REFUSED.add(1);
+                return Err(Error::TooManyRequests(wait));
+            }
             context.store.publish(event)?;
             ok("{}".into())
         }
@@ -152,8 +158,9 @@ struct EventRequest {
     broadcast: Option<bool>,
 }
 
-/// Checks the content type (415), size (413) and shape (400) of an event, in that order.
-fn read_event(request: &mut Request) -> Result<CustomEvent> {
+/// Reads an event, checking its content type (415), size (413) and shape (400) in that order;
+/// returns it with its body's size.
+fn read_event(request: &mut Request) -> Result<(CustomEvent, usize)> {
     let is_json = request.headers().iter().any(|header| {
         header.field.equiv("Content-Type")
             && header
@@ -181,7 +188,7 @@ fn read_event(request: &mut Request) -> Result<CustomEvent> {
     if body.len() > MAX_EVENT_BODY {
         return Err(Error::PayloadTooLarge(MAX_EVENT_BODY));
     }
-    parse_event(&body)
+    parse_event(&body).map(|event| (event, body.len()))
 }
 
 /// Validates an event body.

@@ -1,6 +1,8 @@
 //! Verifies custom events across hounds: `POST /etcd/event` reaches the targeted or all sockets
 //! on every hound sharing the etcd. (One hound, and every bad request: `scenarios.rs`.)
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::support::*;
@@ -122,4 +124,36 @@ fn an_event_naming_too_many_services_is_400_and_closes_no_socket() {
         expect_message(&mut everything, &custom_event(service, "most", &small));
     }
     expect_no_message(&mut everything, QUIET);
+}
+
+/// An event flood filled etcd's space (NOSPACE) and took every registration down with it. Past
+/// the event budget a client gets 429 with `Retry-After`, nothing is written, the refusal is
+/// counted, and once the wait is over it may publish again.
+#[test]
+fn past_the_event_budget_a_client_gets_429_and_nothing_is_written() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &["--event-rate", "2"]);
+    let mut listener = monitor_synced(&hound, &["a"]);
+    let event = |n: u32| json!({"event_type": "t", "event_body": n.to_string(), "services": ["a"]});
+    assert_accepted(&hound.post_event(&event(1)));
+    assert_accepted(&hound.post_event(&event(2)));
+    let refused = hound.post_event(&event(3));
+    refused.assert_error(429);
+    let retry_after: u64 = refused
+        .header("Retry-After")
+        .and_then(|value| value.parse().ok())
+        .expect("a Retry-After in whole seconds");
+    assert!((1..=2).contains(&retry_after), "{refused:?}");
+    assert_eq!(hound.metric("hound_events_refused_total"), 1.0);
+    expect_message(&mut listener, &custom_event("a", "t", "1"));
+    expect_message(&mut listener, &custom_event("a", "t", "2"));
+    expect_no_message(&mut listener, QUIET);
+    // The allowance refills at 2 a second.
+    poll_until(
+        Duration::from_secs(3),
+        "the event budget to allow another event",
+        || hound.post_event(&event(4)).status == 200,
+    );
+    expect_message(&mut listener, &custom_event("a", "t", "4"));
 }
