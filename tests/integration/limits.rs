@@ -269,3 +269,35 @@ fn endless_header_lines_are_cut_at_16_kib_and_memory_stays_flat() {
     );
     assert_responsive(&mut hound);
 }
+
+/// The cap counts each connection once, exactly: with `--max-connections 3`, two idle
+/// keep-alive connections and a request make three (served), a third idle one makes the request
+/// the fourth (503). 1.0 counted an HTTP connection twice, and only every 200 ms.
+#[test]
+fn max_connections_counts_each_connection_once() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &["--max-connections", "3"]);
+    // A connection that was answered once and stays open, idle: surely counted.
+    let keep_alive = || {
+        let mut stream = TcpStream::connect(hound.addr()).expect("connect");
+        let request = format!("GET /version HTTP/1.1\r\nHost: {}\r\n\r\n", hound.addr());
+        stream.write_all(request.as_bytes()).expect("write");
+        stream.set_read_timeout(Some(PROMPT)).expect("timeout");
+        let answer = read_response(&mut stream).expect("an answer");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        stream
+    };
+    let mut idle = vec![keep_alive(), keep_alive()];
+    assert_eq!(
+        hound.get("/etcd/services").status,
+        200,
+        "the third connection"
+    );
+    idle.push(keep_alive());
+    hound.get("/etcd/services").assert_error(503);
+    drop(idle);
+    poll_until(PROMPT, "a request once the idle connections closed", || {
+        hound.get("/etcd/services").status == 200
+    });
+}

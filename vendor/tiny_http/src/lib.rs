@@ -390,6 +390,7 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
+                        read_closable.count_in(&inside_connections);
                         Ok(ClientConnection::new(
                             write_closable,
                             read_closable,
@@ -403,9 +404,7 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
-                        let open = ConnectionCount::new(&inside_connections);
                         tasks_pool.spawn(Box::new(move || {
-                            let _open = &open;
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -461,8 +460,8 @@ impl Server {
 
     /// Returns the number of clients currently connected to the server.
     ///
-    /// hound patch: implemented. A connection counts from its accept until it is closed or
-    /// handed over by `Request::upgrade_into_tcp`.
+    /// hound patch: implemented. A connection counts from its accept until it is closed (the
+    /// last request read from it answered) or handed over by `Request::upgrade_into_tcp`.
     pub fn num_connections(&self) -> usize {
         self.connections.load(Relaxed)
     }
@@ -532,21 +531,5 @@ impl Drop for Server {
                 let _ = std::fs::remove_file(path);
             }
         }
-    }
-}
-
-/// hound patch: counts a connection for as long as its task lives.
-struct ConnectionCount(Arc<AtomicUsize>);
-
-impl ConnectionCount {
-    fn new(count: &Arc<AtomicUsize>) -> ConnectionCount {
-        count.fetch_add(1, Relaxed);
-        ConnectionCount(count.clone())
-    }
-}
-
-impl Drop for ConnectionCount {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
     }
 }

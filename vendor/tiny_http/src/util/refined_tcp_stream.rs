@@ -1,8 +1,8 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -92,9 +92,28 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
-    // hound patch: set when the connection was handed to the application
-    // (`Request::upgrade_into_tcp`); neither half may shut the socket down after that.
-    handed_over: Arc<AtomicBool>,
+    // hound patch: what both halves share
+    shared: Arc<Shared>,
+}
+
+/// hound patch: what the two halves of a connection share.
+#[derive(Default)]
+struct Shared {
+    /// Set when the connection was handed to the application (`Request::upgrade_into_tcp`):
+    /// neither half may shut the socket down after that.
+    handed_over: AtomicBool,
+    /// Counts the connection in `Server::num_connections` until both halves are gone (the
+    /// last request read from it answered) or it is handed over.
+    count: Mutex<Option<ConnectionCount>>,
+}
+
+/// hound patch: one open connection in a server's count, for as long as it lives.
+struct ConnectionCount(Arc<AtomicUsize>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RefinedTcpStream {
@@ -105,20 +124,20 @@ impl RefinedTcpStream {
         let stream: Stream = stream.into();
 
         let (read, write) = (stream.clone(), stream);
-        let handed_over = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared::default());
 
         let read = RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
-            handed_over: handed_over.clone(),
+            shared: shared.clone(),
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
-            handed_over,
+            shared,
         };
 
         (read, write)
@@ -138,8 +157,27 @@ impl RefinedTcpStream {
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(_) => return None,
         };
-        self.handed_over.store(true, Ordering::Release);
+        self.shared.handed_over.store(true, Ordering::Release);
+        self.uncount();
         Some(tcp_stream.try_clone())
+    }
+
+    /// hound patch: counts the connection in `count` until both halves are gone or it is
+    /// handed over.
+    pub(crate) fn count_in(&self, count: &Arc<AtomicUsize>) {
+        count.fetch_add(1, Ordering::Relaxed);
+        *self.lock_count() = Some(ConnectionCount(count.clone()));
+    }
+
+    fn uncount(&self) {
+        self.lock_count().take();
+    }
+
+    fn lock_count(&self) -> std::sync::MutexGuard<'_, Option<ConnectionCount>> {
+        self.shared
+            .count
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Returns true if this struct wraps around a secure connection.
@@ -155,7 +193,7 @@ impl RefinedTcpStream {
 
 impl Drop for RefinedTcpStream {
     fn drop(&mut self) {
-        if self.handed_over.load(Ordering::Acquire) {
+        if self.shared.handed_over.load(Ordering::Acquire) {
             return;
         }
         if self.close_read {
