@@ -155,6 +155,6 @@ mod tests {
             value.parse::<u64>().unwrap();
         }
         let families = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(families, 8);
+        assert_eq!(families, 9);
     }
 }

@@ -93,6 +93,7 @@ fn metrics_count_exactly_what_happened() {
             1.0,
         ),
         ("hound_slow_sockets_closed_total", 0.0),
+        ("hound_events_refused_total", 0.0),
         ("hound_lease_regrants_total", 0.0),
         ("hound_watch_resyncs_total", 0.0),
     ] {
