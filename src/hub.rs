@@ -14,6 +14,10 @@ use crate::names::{EVERY_SERVICE, Node};
 use crate::socket::close_code;
 use crate::socket::mailbox::{Mailbox, Undelivered};
 
+/// Early close requests kept for sockets that have not subscribed yet; past this the oldest is
+/// dropped (it can only belong to a socket that ended before subscribing).
+const CLOSED_EARLY_KEPT: usize = 1024;
+
 /// Identifies one WebSocket for as long as hound runs.
 pub type SocketId = u64;
 
@@ -63,6 +67,9 @@ struct State {
     revision: i64,
     subscribers: HashMap<String, Vec<SocketId>>,
     sockets: HashMap<SocketId, Subscriber>,
+    /// Sockets asked to close before they subscribed (a takeover while the older registration
+    /// still waited for its own write): they close as soon as they subscribe.
+    closed_early: HashMap<SocketId, u16>,
     health: Health,
     ever_healthy: bool,
     closing: bool,
@@ -86,6 +93,7 @@ impl Default for Hub {
                 revision: 0,
                 subscribers: HashMap::new(),
                 sockets: HashMap::new(),
+                closed_early: HashMap::new(),
                 health: Health::Unavailable("not connected to etcd yet".into()),
                 ever_healthy: false,
                 closing: false,
@@ -283,6 +291,12 @@ impl Hub {
                 ));
             }
         }
+        if let Some(code) = state.closed_early.remove(&id) {
+            // Superseded before it could subscribe: it opens only to be closed, and hears
+            // nothing else.
+            mailbox.request_close(code);
+            return Ok(());
+        }
         for service in &services {
             state
                 .subscribers
@@ -303,15 +317,28 @@ impl Hub {
 
     /// Forgets socket `id`; called by the socket thread as it ends.
     pub fn unsubscribe(&self, id: SocketId) {
-        self.lock().remove(id);
+        let mut state = self.lock();
+        state.remove(id);
+        state.closed_early.remove(&id);
+        drop(state);
         self.progress.notify_all();
     }
 
-    /// Asks socket `id` to close with `code` and stops sending to it.
+    /// Asks socket `id` to close with `code` and stops sending to it; a socket that has not
+    /// subscribed yet closes as soon as it does.
     pub fn close_socket(&self, id: SocketId, code: u16) {
         let mut state = self.lock();
         if let Some(subscriber) = state.sockets.get(&id) {
             subscriber.mailbox.request_close(code);
+        } else {
+            // Bounded: an entry for a socket that ended in the meantime is never taken.
+            if state.closed_early.len() >= CLOSED_EARLY_KEPT {
+                let oldest = state.closed_early.keys().min().copied();
+                if let Some(oldest) = oldest {
+                    state.closed_early.remove(&oldest);
+                }
+            }
+            state.closed_early.insert(id, code);
         }
         state.remove(id);
     }
@@ -515,6 +542,25 @@ mod tests {
         assert!(!hub.wait_for_revision(3, Duration::from_millis(10)));
         hub.advance(3);
         assert!(hub.wait_for_revision(3, Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_socket_superseded_before_it_subscribed_closes_when_it_does() {
+        let hub = Hub::default();
+        hub.close_socket(9, close_code::SUPERSEDED);
+        let doorbell = Arc::new(Doorbell::new().unwrap());
+        let (mailbox, inbox) = Mailbox::new(4, Arc::default(), doorbell.clone());
+        hub.subscribe(9, SocketKind::Register, vec!["api".into()], mailbox)
+            .unwrap();
+        assert_eq!(doorbell.close_requested(), Some(close_code::SUPERSEDED));
+        assert_eq!(hub.socket_count(), 0, "it hears nothing more");
+        assert_eq!(
+            texts(&inbox).len(),
+            1,
+            "its SYNC, which the close overtakes"
+        );
+        hub.unsubscribe(9);
+        assert!(hub.lock().closed_early.is_empty());
     }
 
     #[test]

@@ -109,3 +109,48 @@ fn registrations_on_one_hound_reach_monitors_on_another() {
     close(ws);
     expect_message(&mut watcher, &key_event("api", "DELETE", &[]));
 }
+
+/// A second registration of a node while the first still waits for its own write (here: etcd
+/// frozen while both requests arrive, the first one queued first). Whatever the timing, the
+/// older socket is closed with 4000, the newer one owns the key, and closing the newer deletes
+/// it. 1.0 left both open (the close request came before the older had subscribed) and the
+/// newer's close then deleted the key under the older.
+#[test]
+fn a_takeover_while_the_first_registration_waits_for_etcd_still_closes_it_with_4000() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &["--ttl", "30", "--log-level", "debug"]);
+    let mut client = etcd.client();
+    let mut watcher = monitor_synced(&hound, &["api"]);
+    let path = register_path("api", "10.0.0.1", 80);
+    for round in 0..3 {
+        etcd.pause();
+        let (older, newer) = std::thread::scope(|scope| {
+            let requests_seen = || hound.stderr().matches("GET /etcd/register from").count();
+            let before = requests_seen();
+            let older = scope.spawn(|| ws_connect(hound.addr(), &path, &[]));
+            poll_until(PROMPT, "hound to take the first registration", || {
+                requests_seen() > before
+            });
+            let newer = scope.spawn(|| ws_connect(hound.addr(), &path, &[]));
+            poll_until(PROMPT, "hound to take the second registration", || {
+                requests_seen() > before + 1
+            });
+            etcd.resume();
+            (older.join().expect("older"), newer.join().expect("newer"))
+        });
+        let mut older = older.expect("the older registration is upgraded");
+        let mut newer = newer.expect("the newer registration is upgraded");
+        assert_eq!(
+            read_close(&mut older, PROMPT),
+            Some((4000, "superseded".to_owned())),
+            "round {round}: the older socket"
+        );
+        expect_message(&mut newer, &key_event("api", "SYNC", &[("10.0.0.1", 80)]));
+        expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
+        assert!(registered(&mut client, &hound, "api", "10.0.0.1:80"));
+        close(newer);
+        expect_message(&mut watcher, &key_event("api", "DELETE", &[]));
+        assert!(!registered(&mut client, &hound, "api", "10.0.0.1:80"));
+    }
+}
