@@ -131,7 +131,8 @@ impl Doorbell {
             revents: 0,
         };
         let timeout = libc::timespec {
-            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            // A wait longer than 2^62 s is as good as forever (and `time_t` is 64 bits here).
+            tv_sec: timeout.as_secs().min(1 << 62) as _,
             tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
         };
         // SAFETY: one valid pollfd, a valid timespec and a valid signal set, all borrowed for
