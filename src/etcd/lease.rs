@@ -57,14 +57,17 @@ impl Schedule {
 }
 
 /// Grants a lease of `ttl` seconds and writes `key` on it, through any member that answers
-/// before `deadline`. Returns the lease and the revision of the write.
+/// before `deadline`, and stores the lease in `granted`; returns the revision of the write.
+/// `granted` gets each lease as soon as it is granted, so that a deletion that cuts this
+/// short deletes the key from the lease its put (perhaps still on its way) puts it on.
 pub(super) async fn grant_and_put(
     members: &Members,
     key: &str,
     node: &Node,
     ttl: i64,
     deadline: Instant,
-) -> Result<(i64, i64)> {
+    granted: &Cell<i64>,
+) -> Result<i64> {
     let value = node.to_string();
     // Leases granted by attempts that did not finish. Such an attempt's put may still arrive
     // (from a member that froze holding it) and would move the key onto a lease nobody keeps
@@ -81,10 +84,11 @@ pub(super) async fn grant_and_put(
                 }
                 let lease = client.lease_grant(ttl, None).await?.id();
                 abandoned.borrow_mut().push(lease);
+                granted.set(lease);
                 let options = PutOptions::new().with_lease(lease);
                 let put = client.put(key, value, Some(options)).await?;
                 abandoned.borrow_mut().retain(|&l| l != lease);
-                Ok((lease, put.header().map_or(0, |h| h.revision())))
+                Ok(put.header().map_or(0, |h| h.revision()))
             }
         })
         .await;
@@ -187,9 +191,8 @@ pub(super) async fn keep_alive(
     loop {
         if lost {
             let deadline = Instant::now() + schedule.ttl();
-            match grant_and_put(&members, &key, &node, ttl, deadline).await {
-                Ok((fresh, _)) => {
-                    lease.set(fresh);
+            match grant_and_put(&members, &key, &node, ttl, deadline, &lease).await {
+                Ok(_) => {
                     lost = false;
                     metrics::LEASE_REGRANTS.add(1);
                     log::info!("registered {key} again with a new lease");

@@ -253,7 +253,12 @@ impl Members {
         let mut failure = None;
         // Bounded by `deadline`: every pass waits, on attempts or on the back-off.
         loop {
-            for member in self.by_preference() {
+            let members = self.by_preference();
+            if members.is_empty() {
+                // Not logged in anywhere yet: nothing to wait for within one request.
+                return Err(Error::Unavailable(self.problem()));
+            }
+            for member in members {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;

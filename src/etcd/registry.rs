@@ -134,9 +134,9 @@ impl Registry {
     ) -> Result<i64> {
         let key = self.keys.registration(service, node);
         let ttl = self.settings.ttl;
-        let (lease, revision) =
-            lease::grant_and_put(&self.members, &key, node, ttl, deadline).await?;
-        let lease = Rc::new(Cell::new(lease));
+        let lease = Rc::new(Cell::new(0));
+        let revision =
+            lease::grant_and_put(&self.members, &key, node, ttl, deadline, &lease).await?;
         let keeper = spawn_local(lease::keep_alive(
             self.members.clone(),
             key.clone(),
