@@ -117,7 +117,7 @@ pub(super) async fn revoke_later(members: Members, lease: i64) {
 
 async fn revoke(members: &Members, lease: i64, deadline: Instant) {
     let revoked = members
-        .call(deadline, |mut client| async move {
+        .call_until(deadline, |mut client| async move {
             revoke_on(&mut client, lease).await
         })
         .await;
@@ -147,7 +147,7 @@ pub(super) async fn delete(
         ]);
     // Repeating it is safe: once the key is gone the comparison fails and nothing is written.
     let deleted = members
-        .call(deadline, |mut client| {
+        .call_until(deadline, |mut client| {
             let txn = txn.clone();
             async move { client.txn(txn).await }
         })

@@ -239,11 +239,30 @@ impl Members {
     }
 
     /// Runs `op` on the current member and, while it fails without a final answer from etcd,
-    /// on the others in turn, until `deadline`. Each attempt gets [`FIRST_ATTEMPT`], doubled
-    /// after each round over all members; a member that leaves an attempt unanswered is set
-    /// aside. `op` may be run more than once, on different members, and an attempt given up
-    /// may still reach etcd later: it must be safe to repeat.
-    pub async fn call<T, F, Fut>(&self, deadline: Instant, mut op: F) -> Result<T>
+    /// on the others in turn, until `deadline` — or until a round over every member has failed
+    /// while no member answers its probe: a client is better told at once that etcd is down.
+    /// Each attempt gets [`FIRST_ATTEMPT`], doubled after each round; a member that leaves an
+    /// attempt unanswered is set aside. `op` may be run more than once, on different members,
+    /// and an attempt given up may still reach etcd later: it must be safe to repeat.
+    pub async fn call<T, F, Fut>(&self, deadline: Instant, op: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.attempt(deadline, false, op).await
+    }
+
+    /// Like [`Members::call`], but goes on trying until `deadline` even while no member
+    /// answers: for clean-ups that must happen once etcd is back (a deletion, a revocation).
+    pub async fn call_until<T, F, Fut>(&self, deadline: Instant, op: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.attempt(deadline, true, op).await
+    }
+
+    async fn attempt<T, F, Fut>(&self, deadline: Instant, patient: bool, mut op: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -282,11 +301,15 @@ impl Members {
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let down = !patient && self.shared.answering.get() == Some(false);
+            if left.is_zero() || down {
                 let why = failure.unwrap_or_else(|| self.problem());
-                return Err(Error::Unavailable(format!(
-                    "etcd did not answer in time: {why}"
-                )));
+                let what = if down {
+                    "etcd does not answer"
+                } else {
+                    "etcd did not answer in time"
+                };
+                return Err(Error::Unavailable(format!("{what}: {why}")));
             }
             attempt = (attempt * 2).min(LAST_ATTEMPT);
             sleep(backoff.next_delay().min(left)).await;

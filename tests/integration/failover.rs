@@ -266,6 +266,10 @@ fn a_member_fault_costs_nothing(fault: Fault) {
     });
     let delete_took = deleted.saturating_duration_since(closed);
     eprintln!("failover ({fault:?}): close → DELETE at the observer took {delete_took:?}");
+    if let Some(own) = recordings[1].1.gone("DELETE", ("10.0.0.2", 90)) {
+        let own = own.saturating_duration_since(closed);
+        eprintln!("failover ({fault:?}): close → DELETE at hound's own monitor took {own:?}");
+    }
     assert!(
         delete_took < PROMPTLY,
         "the close reached the observer as DELETE after {delete_took:?}"
