@@ -38,8 +38,8 @@ const PROBE_SLOW: Duration = Duration::from_millis(500);
 /// A member that has not answered its status within this does not answer; once no member
 /// answers, `/healthz` says so.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a member may take to let hound log in (with `--etcd-user`).
-const LOG_IN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a member may take to let hound connect (and log in, with `--etcd-user`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the first attempt of a request waits for one member's answer before trying the
 /// next. Answers take milliseconds; each round over all members doubles the wait (up to
 /// [`LAST_ATTEMPT`]), so an etcd that is merely slow everywhere is still waited for.
@@ -71,14 +71,16 @@ struct Shared {
     /// Whether some member answered at the last look; `None` until one did or all were asked.
     answering: Cell<Option<bool>>,
     ever_answered: Cell<bool>,
-    /// A failed log-in (a refused password, say) is an error worth one line, not one per try.
-    log_in_failure_reported: Cell<bool>,
+    /// A failed connection (a refused password, an unusable key) is an error worth one line,
+    /// not one per try.
+    connect_failure_reported: Cell<bool>,
 }
 
 /// What hound knows about one member.
 struct Known {
     endpoint: String,
-    /// `None` until hound has logged in (with `--etcd-user`); otherwise built at start.
+    /// Built at start, or by the probe when that needs a round trip (logging in with
+    /// `--etcd-user`) or failed (a key etcd-client cannot use): `None` until then.
     client: Option<Client>,
     /// The last probe's outcome: the cluster id the member answered for, or why it did not
     /// answer. `None` until probed.
@@ -152,10 +154,11 @@ pub(super) fn lease_not_found(err: &etcd_client::Error) -> bool {
 }
 
 impl Members {
-    /// Builds a client per member and starts their probes. Fails only on settings no client
-    /// can be built from (a bad URL, TLS settings etcd-client refuses). Building a client
-    /// needs no round trip unless it logs in; with `--etcd-user`, each member's probe logs in
-    /// (retrying with back-off), and until one has, requests answer 503.
+    /// Builds a client per member and starts their probes. Fails only on an endpoint no client
+    /// can be built for (a bad URL). Building a client needs no round trip unless it logs in;
+    /// with `--etcd-user`, or when building failed otherwise (a key etcd-client cannot use),
+    /// each member's probe connects (retrying with back-off), and until one has, requests
+    /// answer 503.
     pub async fn start(
         settings: Rc<Settings>,
         hub: Arc<Hub>,
@@ -163,14 +166,23 @@ impl Members {
     ) -> Result<Members> {
         let mut known = Vec::with_capacity(settings.endpoints.len());
         for endpoint in &settings.endpoints {
-            let client = Client::connect([endpoint], Some(connect_options(&settings, false)))
-                .await
-                .map_err(|err| {
-                    Error::Config(format!("cannot use etcd endpoint {endpoint}: {err}"))
-                })?;
+            let built = Client::connect([endpoint], Some(connect_options(&settings, false))).await;
+            let client = match built {
+                Ok(client) => settings.security.user.is_none().then_some(client),
+                Err(
+                    err @ (etcd_client::Error::InvalidArgs(_)
+                    | etcd_client::Error::InvalidUri(_)
+                    | etcd_client::Error::EndpointError(_)),
+                ) => {
+                    return Err(Error::Config(format!(
+                        "cannot use etcd endpoint {endpoint}: {err}"
+                    )));
+                }
+                Err(_) => None,
+            };
             known.push(Known {
                 endpoint: endpoint.clone(),
-                client: settings.security.user.is_none().then_some(client),
+                client,
                 answer: None,
                 silent_since: None,
                 problem: "not asked yet".to_owned(),
@@ -191,7 +203,7 @@ impl Members {
                 hub,
                 answering: Cell::new(None),
                 ever_answered: Cell::new(false),
-                log_in_failure_reported: Cell::new(false),
+                connect_failure_reported: Cell::new(false),
             }),
         };
         for index in 0..members.len() {
@@ -356,46 +368,49 @@ impl Members {
         self.review(None);
     }
 
-    /// Asks member `index` for its status every [`PROBE_INTERVAL`], logging in first if
+    /// Asks member `index` for its status every [`PROBE_INTERVAL`], connecting first if
     /// needed, for as long as hound runs.
     async fn probe(self, index: usize) {
-        let mut log_in = Backoff::new();
+        let mut reconnect = Backoff::new();
         loop {
             let started = Instant::now();
             let client = self.shared.known.borrow()[index].client.clone();
             let client = match client {
                 Some(client) => client,
-                None => match self.log_in(index).await {
+                None => match self.connect(index).await {
                     Ok(client) => client,
                     Err(why) => {
                         self.record(index, started, Err(why));
-                        sleep(log_in.next_delay()).await;
+                        sleep(reconnect.next_delay()).await;
                         continue;
                     }
                 },
             };
-            log_in.reset();
+            reconnect.reset();
             let answer = self.ask_status(index, client).await;
             self.record(index, started, answer);
             sleep_until(started + PROBE_INTERVAL).await;
         }
     }
 
-    /// Builds member `index`'s client with `--etcd-user`'s credentials, which logs in.
-    async fn log_in(&self, index: usize) -> std::result::Result<Client, String> {
+    /// Builds member `index`'s client, logging in with `--etcd-user`'s credentials if given.
+    async fn connect(&self, index: usize) -> std::result::Result<Client, String> {
         let endpoint = self.shared.known.borrow()[index].endpoint.clone();
         let options = connect_options(&self.shared.settings, true);
-        let why = match timeout(LOG_IN_TIMEOUT, Client::connect([&endpoint], Some(options))).await {
+        let why = match timeout(CONNECT_TIMEOUT, Client::connect([&endpoint], Some(options))).await
+        {
             Ok(Ok(client)) => {
                 self.shared.known.borrow_mut()[index].client = Some(client.clone());
                 return Ok(client);
             }
             Ok(Err(err)) => format!("cannot connect to etcd at {endpoint}: {err}"),
             Err(_) => {
-                format!("cannot connect to etcd at {endpoint}: no answer within {LOG_IN_TIMEOUT:?}")
+                format!(
+                    "cannot connect to etcd at {endpoint}: no answer within {CONNECT_TIMEOUT:?}"
+                )
             }
         };
-        if !self.shared.log_in_failure_reported.replace(true) {
+        if !self.shared.connect_failure_reported.replace(true) {
             log::error!("{why}");
         } else {
             log::debug!("{why}");
