@@ -182,12 +182,12 @@ impl Members {
             };
             known.push(Known {
                 endpoint: endpoint.clone(),
+                was_usable: client.is_some(),
                 client,
                 answer: None,
                 silent_since: None,
-                problem: "not asked yet".to_owned(),
+                problem: "not connected yet".to_owned(),
                 stranger: false,
-                was_usable: true,
             });
         }
         if known.is_empty() {

@@ -47,6 +47,8 @@ enum Break {
     /// etcd is not the cluster we watched (its id changed, or its revision went backwards:
     /// restored from an empty data dir, or replaced): re-read everything from scratch.
     Replaced(String),
+    /// etcd-client reported an error: resume from the next revision after a back-off.
+    Etcd(etcd_client::Error),
     /// Anything else: resume from the next revision after a back-off.
     Failed(String),
     /// hound moved to another etcd member: resume there at once.
@@ -58,6 +60,7 @@ impl Break {
         match self {
             Break::Compacted => "fell behind a compaction".to_owned(),
             Break::Replaced(why) | Break::Failed(why) => why.clone(),
+            Break::Etcd(err) => err.to_string(),
             Break::Moved => "moving to another etcd member".to_owned(),
         }
     }
@@ -65,7 +68,7 @@ impl Break {
 
 impl From<etcd_client::Error> for Break {
     fn from(err: etcd_client::Error) -> Self {
-        Break::Failed(err.to_string())
+        Break::Etcd(err)
     }
 }
 
@@ -243,7 +246,8 @@ async fn keep_watching<F: Feed>(feed: F, mut watch: Watch) {
             Break::Compacted => feed.catch_up(&mut watch).await,
             Break::Replaced(why) => feed.start_afresh(&why, &mut watch.position),
             Break::Moved => {}
-            Break::Failed(why) => {
+            Break::Failed(_) | Break::Etcd(_) => {
+                let why = outcome.reason();
                 log::log!(throttle.level(), "{} broke: {why}", F::NAME);
                 tokio::time::sleep(watch.backoff.next_delay()).await;
             }
@@ -270,7 +274,7 @@ async fn session<F: Feed>(feed: &F, watch: &mut Watch) -> Break {
     let (mut stream, first) = tokio::select! {
         opened = opened => match opened {
             Ok(opened) => opened,
-            Err(end) => return end,
+            Err(end) => return blame(&members, &member, end),
         },
         () = &mut moved => return Break::Moved,
     };
@@ -281,7 +285,7 @@ async fn session<F: Feed>(feed: &F, watch: &mut Watch) -> Break {
             None => tokio::select! {
                 next = next_response(&mut stream, &mut watch.position) => match next {
                     Ok(response) => response,
-                    Err(end) => return end,
+                    Err(end) => return blame(&members, &member, end),
                 },
                 () = &mut moved => return Break::Moved,
             },
@@ -295,6 +299,15 @@ async fn session<F: Feed>(feed: &F, watch: &mut Watch) -> Break {
         }
         feed.apply(watch, &response).await;
     }
+}
+
+/// Tells the members when a watch broke because its member did not answer, so that everything
+/// moves off that member rather than wait for its probe.
+fn blame(members: &Members, member: &Member, end: Break) -> Break {
+    if let Break::Etcd(err) = &end {
+        members.failed(member, err);
+    }
+    end
 }
 
 /// The service watch mirrors the service namespace: it reads it once, then watches from the
