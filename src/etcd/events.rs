@@ -3,10 +3,12 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant as Deadline;
 
-use super::{CustomEvent, unavailable};
+use super::CustomEvent;
+use super::members::Members;
 use crate::error::{Error, Result};
 use crate::hub::Audience;
 use crate::keys::EventKeys;
@@ -42,7 +44,7 @@ impl StoredEvent {
 
 /// Writes events under `<event-namespace>/<instance>-<sequence>` on a shared short lease.
 pub(super) struct Publisher {
-    client: Client,
+    members: Members,
     keys: EventKeys,
     instance: String,
     sequence: Cell<u64>,
@@ -50,12 +52,12 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(client: Client, keys: EventKeys) -> Publisher {
+    pub fn new(members: Members, keys: EventKeys) -> Publisher {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         Publisher {
-            client,
+            members,
             keys,
             instance: format!("{:x}-{:x}", std::process::id(), started.as_micros()),
             sequence: Cell::new(0),
@@ -63,7 +65,8 @@ impl Publisher {
         }
     }
 
-    pub async fn publish(&self, event: CustomEvent) -> Result<()> {
+    /// Writes `event` through any member that answers before `deadline`.
+    pub async fn publish(&self, event: CustomEvent, deadline: Deadline) -> Result<()> {
         let (services, broadcast) = match event.audience {
             Audience::Everyone => (Vec::new(), true),
             Audience::Services(services) => (services, false),
@@ -76,30 +79,40 @@ impl Publisher {
         };
         let value = serde_json::to_string(&stored)
             .map_err(|err| Error::Internal(format!("cannot encode the event: {err}")))?;
-        let lease = self.lease().await?;
+        let lease = self.lease(deadline).await?;
         let sequence = self.sequence.get() + 1;
         self.sequence.set(sequence);
         let key = self.keys.event(&self.instance, sequence);
-        self.client
-            .clone()
-            .put(key, value, Some(PutOptions::new().with_lease(lease)))
-            .await
-            .map_err(unavailable)?;
+        // Written only if the key is new: an attempt given up on one member may still land
+        // after the retry on another, and must not deliver the event twice.
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        self.members
+            .call(deadline, |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?;
         Ok(())
     }
 
-    async fn lease(&self) -> Result<i64> {
+    async fn lease(&self, deadline: Deadline) -> Result<i64> {
         if let Some((lease, granted)) = self.lease.get()
             && granted.elapsed() < EVENT_LEASE_REUSE
         {
             return Ok(lease);
         }
         let lease = self
-            .client
-            .clone()
-            .lease_grant(EVENT_LEASE_TTL, None)
-            .await
-            .map_err(unavailable)?
+            .members
+            .call(deadline, |mut client| async move {
+                client.lease_grant(EVENT_LEASE_TTL, None).await
+            })
+            .await?
             .id();
         self.lease.set(Some((lease, Instant::now())));
         Ok(lease)

@@ -6,11 +6,14 @@
 
 mod backoff;
 mod events;
+mod health;
+mod lease;
+mod members;
 mod registry;
 mod watch;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 use tokio::sync::mpsc;
@@ -22,6 +25,9 @@ use crate::names::Node;
 
 /// How long a blocking call waits for etcd before answering 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The etcd thread gives up on a command this long before its caller stops waiting, so that
+/// what it did (or did not do) is what the caller is told.
+const ANSWER_MARGIN: Duration = Duration::from_millis(300);
 
 /// What the etcd layer needs to know.
 #[derive(Debug, Clone)]
@@ -72,6 +78,7 @@ enum Command {
         service: String,
         node: Node,
         owner: SocketId,
+        deadline: Instant,
         reply: Reply<i64>,
     },
     Deregister {
@@ -80,13 +87,16 @@ enum Command {
         owner: SocketId,
     },
     DeregisterAll {
+        deadline: Instant,
         reply: Reply<()>,
     },
     Status {
+        deadline: Instant,
         reply: Reply<ClusterStatus>,
     },
     Publish {
         event: CustomEvent,
+        deadline: Instant,
         reply: Reply<()>,
     },
 }
@@ -135,10 +145,17 @@ impl Etcd {
         }
     }
 
-    fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command, timeout: Duration) -> Result<T> {
+    /// Sends a command with the deadline the etcd thread works to, and waits `timeout` for
+    /// its answer.
+    fn call<T>(
+        &self,
+        command: impl FnOnce(Reply<T>, Instant) -> Command,
+        timeout: Duration,
+    ) -> Result<T> {
         let (reply, answer) = crossbeam_channel::bounded(1);
+        let deadline = Instant::now() + timeout.saturating_sub(ANSWER_MARGIN);
         self.commands
-            .send(command(reply))
+            .send(command(reply, deadline))
             .map_err(|_| Error::Unavailable("the etcd thread has stopped".into()))?;
         match answer.recv_timeout(timeout) {
             Ok(result) => result,
@@ -157,10 +174,11 @@ impl Etcd {
     pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> Result<i64> {
         let (service, node) = (service.to_owned(), node.clone());
         self.call(
-            |reply| Command::Register {
+            |reply, deadline| Command::Register {
                 service,
                 node,
                 owner,
+                deadline,
                 reply,
             },
             REQUEST_TIMEOUT,
@@ -179,21 +197,29 @@ impl Etcd {
 
     /// Deletes every registration this hound holds, waiting at most `timeout`.
     pub fn deregister_all(&self, timeout: Duration) -> Result<()> {
-        self.call(|reply| Command::DeregisterAll { reply }, timeout)
+        self.call(
+            |reply, deadline| Command::DeregisterAll { deadline, reply },
+            timeout,
+        )
     }
 
     /// etcd's version, its leader and the member hound talks to.
     pub fn status(&self) -> Result<ClusterStatus> {
-        self.call(|reply| Command::Status { reply }, REQUEST_TIMEOUT)
+        self.call(
+            |reply, deadline| Command::Status { deadline, reply },
+            REQUEST_TIMEOUT,
+        )
     }
 
     /// Writes a custom event so every hound on the cluster delivers it.
     pub fn publish(&self, event: CustomEvent) -> Result<()> {
-        self.call(|reply| Command::Publish { event, reply }, REQUEST_TIMEOUT)
+        self.call(
+            |reply, deadline| Command::Publish {
+                event,
+                deadline,
+                reply,
+            },
+            REQUEST_TIMEOUT,
+        )
     }
-}
-
-/// Turns an etcd-client error into the 503 the client sees.
-fn unavailable(err: etcd_client::Error) -> Error {
-    Error::Unavailable(err.to_string())
 }

@@ -1,128 +1,43 @@
 //! The two watches (service namespace, event namespace), which share one loop that resumes
-//! where it left off after a break, and the health probe.
+//! where it left off after a break, and follow the current etcd member.
 
-use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
 use tokio::task::spawn_local;
+use tokio::time::Instant;
 
 use super::Settings;
 use super::backoff::{Backoff, Throttle};
 use super::events;
-use crate::hub::{Change, Health, Hub};
+use super::health::{EVENT_WATCH, HealthState, SERVICE_WATCH, WatchHealth};
+use super::members::{Member, Members};
+use crate::error::Error;
+use crate::hub::{Change, Hub};
 use crate::keys::{EventKeys, ServiceKeys};
 use crate::membership::Mirror;
 use crate::message::KeyEvent;
 use crate::metrics;
 use crate::names::Node;
 
-/// How often the health probe asks etcd for its status.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The service watch's name in log lines and in `/healthz`.
-const SERVICE_WATCH: &str = "service watch";
-/// The event watch's name in log lines and in `/healthz`.
-const EVENT_WATCH: &str = "event watch";
-
-/// Starts the health probe and the two watches, which report to `/healthz` together.
-pub(super) fn spawn(client: &Client, settings: &Settings, hub: &Arc<Hub>) {
-    let health = Rc::new(HealthState::default());
-    spawn_local(probe_health(client.clone(), hub.clone(), health.clone()));
+/// Starts the two watches, which report to `/healthz` together with the members' probes.
+pub(super) fn spawn(
+    members: &Members,
+    settings: &Settings,
+    hub: &Arc<Hub>,
+    health: &Rc<HealthState>,
+) {
     let services = ServiceFeed {
         keys: settings.service_keys(),
     };
-    spawn_local(keep_watching(services, Watch::new(client, hub, &health)));
+    spawn_local(keep_watching(services, Watch::new(members, hub, health)));
     let events = EventFeed {
         keys: settings.event_keys(),
     };
-    spawn_local(keep_watching(events, Watch::new(client, hub, &health)));
-}
-
-/// What the probe and the watches know; `/healthz` is OK only when all agree.
-#[derive(Debug, Default)]
-struct HealthState {
-    etcd_answers: Cell<bool>,
-    problem: RefCell<String>,
-    services: WatchHealth,
-    events: WatchHealth,
-}
-
-/// What one watch tells `/healthz`.
-#[derive(Debug, Default)]
-struct WatchHealth {
-    watched: Cell<bool>,
-    /// Why the watch last broke, for `/healthz` while it is being reopened.
-    problem: RefCell<String>,
-}
-
-impl HealthState {
-    fn publish(&self, hub: &Hub) {
-        let health = if !self.etcd_answers.get() {
-            Health::Unavailable(format!("etcd does not answer: {}", self.problem.borrow()))
-        } else if !self.services.watched.get() || !self.events.watched.get() {
-            let mut why = Vec::new();
-            for (name, watch) in [(SERVICE_WATCH, &self.services), (EVENT_WATCH, &self.events)] {
-                if !watch.watched.get() {
-                    let problem = watch.problem.borrow();
-                    let problem = if problem.is_empty() {
-                        "opening"
-                    } else {
-                        problem.as_str()
-                    };
-                    why.push(format!("{name}: {problem}"));
-                }
-            }
-            Health::Unavailable(format!(
-                "the etcd watches are reconnecting: {}",
-                why.join("; ")
-            ))
-        } else {
-            Health::Ok
-        };
-        hub.set_health(health);
-    }
-
-    fn set(&self, hub: &Hub, flag: &Cell<bool>, value: bool, problem: Option<String>) {
-        if let Some(problem) = problem {
-            *self.problem.borrow_mut() = problem;
-        }
-        flag.set(value);
-        self.publish(hub);
-    }
-}
-
-/// Asks etcd for its status every second so `/healthz` turns 503 soon after etcd stops
-/// answering, even while no request is under way.
-async fn probe_health(mut client: Client, hub: Arc<Hub>, health: Rc<HealthState>) {
-    let mut ever_answered = false;
-    let mut first = true;
-    loop {
-        let answer = tokio::time::timeout(PROBE_INTERVAL, client.status()).await;
-        let (ok, problem) = match answer {
-            Ok(Ok(status)) => {
-                if !ever_answered {
-                    log::info!("connected to etcd {}", status.version());
-                } else if !health.etcd_answers.get() {
-                    log::info!("etcd answers again");
-                    metrics::ETCD_RECONNECTS.add(1);
-                }
-                ever_answered = true;
-                (true, None)
-            }
-            Ok(Err(err)) => (false, Some(err.to_string())),
-            Err(_) => (false, Some("no answer within 1 s".to_owned())),
-        };
-        if !ok && (first || health.etcd_answers.get()) {
-            log::warn!("etcd does not answer: {}", problem.as_deref().unwrap_or(""));
-        }
-        first = false;
-        health.set(&hub, &health.etcd_answers, ok, problem);
-        tokio::time::sleep(PROBE_INTERVAL).await;
-    }
+    spawn_local(keep_watching(events, Watch::new(members, hub, health)));
 }
 
 /// Why a watch session ended.
@@ -132,8 +47,12 @@ enum Break {
     /// etcd is not the cluster we watched (its id changed, or its revision went backwards:
     /// restored from an empty data dir, or replaced): re-read everything from scratch.
     Replaced(String),
+    /// etcd-client reported an error: resume from the next revision after a back-off.
+    Etcd(etcd_client::Error),
     /// Anything else: resume from the next revision after a back-off.
     Failed(String),
+    /// hound moved to another etcd member: resume there at once.
+    Moved,
 }
 
 impl Break {
@@ -141,12 +60,20 @@ impl Break {
         match self {
             Break::Compacted => "fell behind a compaction".to_owned(),
             Break::Replaced(why) | Break::Failed(why) => why.clone(),
+            Break::Etcd(err) => err.to_string(),
+            Break::Moved => "moving to another etcd member".to_owned(),
         }
     }
 }
 
 impl From<etcd_client::Error> for Break {
     fn from(err: etcd_client::Error) -> Self {
+        Break::Etcd(err)
+    }
+}
+
+impl From<Error> for Break {
+    fn from(err: Error) -> Self {
         Break::Failed(err.to_string())
     }
 }
@@ -224,13 +151,18 @@ const WATCH_CONFIRM: Duration = Duration::from_secs(5);
 /// breaks, the back-off starts again from its shortest delay.
 const WATCH_STABLE: Duration = Duration::from_secs(10);
 
-/// Opens a watch and waits for etcd's first answer (normally `created`).
+/// How long a watch may take over a read it needs (the namespace, a lease, stored events)
+/// through the members that answer.
+const READ_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Opens a watch on `member` and waits for etcd's first answer (normally `created`).
 async fn open_watch(
-    client: &mut Client,
+    member: &Member,
     prefix: &str,
     options: WatchOptions,
     position: &mut Position,
 ) -> Result<(etcd_client::WatchStream, WatchResponse), Break> {
+    let mut client = member.client.clone();
     let opening = async {
         let mut stream = client.watch(prefix, Some(options)).await?;
         let first = next_response(&mut stream, position).await?;
@@ -244,9 +176,9 @@ async fn open_watch(
     }
 }
 
-/// One watch: its connection, where it reports, and how far it got.
+/// One watch: the members it reads from, where it reports, and how far it got.
 struct Watch {
-    client: Client,
+    members: Members,
     hub: Arc<Hub>,
     health: Rc<HealthState>,
     position: Position,
@@ -254,9 +186,9 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(client: &Client, hub: &Arc<Hub>, health: &Rc<HealthState>) -> Watch {
+    fn new(members: &Members, hub: &Arc<Hub>, health: &Rc<HealthState>) -> Watch {
         Watch {
-            client: client.clone(),
+            members: members.clone(),
             hub: hub.clone(),
             health: health.clone(),
             position: Position::default(),
@@ -292,12 +224,18 @@ trait Feed {
 
 /// Runs one watch for good: a session at a time, and after each break the feed's recovery
 /// (compaction, replaced cluster) or a back-off. The back-off starts again from its shortest
-/// delay after a session that delivered something or lasted [`WATCH_STABLE`].
+/// delay after a session that delivered something or lasted [`WATCH_STABLE`]. A session
+/// that ended because hound moved to another member is resumed there at once, and `/healthz`
+/// does not hear of it unless the new session fails.
 async fn keep_watching<F: Feed>(feed: F, mut watch: Watch) {
     let mut throttle = Throttle::default();
     loop {
-        let opened = tokio::time::Instant::now();
+        let opened = Instant::now();
         let outcome = session(&feed, &mut watch).await;
+        if let Break::Moved = outcome {
+            log::debug!("{} moves to another etcd member", F::NAME);
+            continue;
+        }
         let health = F::health(&watch.health);
         *health.problem.borrow_mut() = outcome.reason();
         watch.health.set(&watch.hub, &health.watched, false, None);
@@ -307,7 +245,9 @@ async fn keep_watching<F: Feed>(feed: F, mut watch: Watch) {
         match outcome {
             Break::Compacted => feed.catch_up(&mut watch).await,
             Break::Replaced(why) => feed.start_afresh(&why, &mut watch.position),
-            Break::Failed(why) => {
+            Break::Moved => {}
+            Break::Failed(_) | Break::Etcd(_) => {
+                let why = outcome.reason();
                 log::log!(throttle.level(), "{} broke: {why}", F::NAME);
                 tokio::time::sleep(watch.backoff.next_delay()).await;
             }
@@ -315,29 +255,39 @@ async fn keep_watching<F: Feed>(feed: F, mut watch: Watch) {
     }
 }
 
-/// One watch session: opens the watch and applies its responses until it breaks.
+/// One watch session on the current member: opens the watch and applies its responses until
+/// it breaks, or until hound moves to another member. (A response being applied is finished
+/// first, so the position always matches what the hub applied.)
 async fn session<F: Feed>(feed: &F, watch: &mut Watch) -> Break {
+    let member = match watch.members.current() {
+        Ok(member) => member,
+        Err(err) => return err.into(),
+    };
+    let members = watch.members.clone();
+    let moved = members.moved_from(&member);
+    tokio::pin!(moved);
     let options = match feed.options(watch).await {
         Ok(options) => options,
         Err(end) => return end,
     };
-    let opened = open_watch(
-        &mut watch.client,
-        feed.prefix(),
-        options,
-        &mut watch.position,
-    );
-    let (mut stream, first) = match opened.await {
-        Ok(opened) => opened,
-        Err(end) => return end,
+    let opened = open_watch(&member, feed.prefix(), options, &mut watch.position);
+    let (mut stream, first) = tokio::select! {
+        opened = opened => match opened {
+            Ok(opened) => opened,
+            Err(end) => return blame(&members, &member, end),
+        },
+        () = &mut moved => return Break::Moved,
     };
     let mut first = Some(first);
     loop {
         let response = match first.take() {
             Some(response) => response,
-            None => match next_response(&mut stream, &mut watch.position).await {
-                Ok(response) => response,
-                Err(end) => return end,
+            None => tokio::select! {
+                next = next_response(&mut stream, &mut watch.position) => match next {
+                    Ok(response) => response,
+                    Err(end) => return blame(&members, &member, end),
+                },
+                () = &mut moved => return Break::Moved,
             },
         };
         if !response.created() {
@@ -349,6 +299,15 @@ async fn session<F: Feed>(feed: &F, watch: &mut Watch) -> Break {
         }
         feed.apply(watch, &response).await;
     }
+}
+
+/// Tells the members when a watch broke because its member did not answer, so that everything
+/// moves off that member rather than wait for its probe.
+fn blame(members: &Members, member: &Member, end: Break) -> Break {
+    if let Break::Etcd(err) = &end {
+        members.failed(member, err);
+    }
+    end
 }
 
 /// The service watch mirrors the service namespace: it reads it once, then watches from the
@@ -376,8 +335,7 @@ impl Feed for ServiceFeed {
         let start = match position.resume_from {
             Some(revision) => revision,
             None => {
-                let (mirror, revision, cluster) =
-                    read_services(&mut watch.client, &self.keys).await?;
+                let (mirror, revision, cluster) = read_services(&watch.members, &self.keys).await?;
                 let everyone = std::mem::take(&mut position.resync_everyone);
                 let changed = watch.hub.resync(mirror, revision, everyone);
                 position.cluster = Some(cluster);
@@ -397,7 +355,7 @@ impl Feed for ServiceFeed {
     }
 
     async fn apply(&self, watch: &mut Watch, response: &WatchResponse) {
-        let applied = apply_service_events(&mut watch.client, &self.keys, &watch.hub, response);
+        let applied = apply_service_events(&watch.members, &self.keys, &watch.hub, response);
         if let Some(revision) = applied.await {
             watch.position.resume_from = Some(revision + 1);
         }
@@ -429,13 +387,8 @@ impl Feed for ServiceFeed {
 
 /// Reads the whole service namespace into a fresh mirror, with the revision and cluster id it
 /// was read at.
-async fn read_services(
-    client: &mut Client,
-    keys: &ServiceKeys,
-) -> Result<(Mirror, i64, u64), etcd_client::Error> {
-    let response = client
-        .get(keys.prefix(), Some(GetOptions::new().with_prefix()))
-        .await?;
+async fn read_services(members: &Members, keys: &ServiceKeys) -> Result<(Mirror, i64, u64), Error> {
+    let response = read_prefix(members, keys.prefix()).await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let cluster = response.header().map_or(0, |h| h.cluster_id());
     let mut mirror = Mirror::default();
@@ -468,7 +421,7 @@ fn parse_node(kv: &KeyValue) -> Option<Node> {
 
 /// Applies one watch response in order and returns the highest revision it covered.
 async fn apply_service_events(
-    client: &mut Client,
+    members: &Members,
     keys: &ServiceKeys,
     hub: &Hub,
     response: &WatchResponse,
@@ -503,7 +456,7 @@ async fn apply_service_events(
                 } else if let Some(alive) = lease_alive.get(&lease) {
                     !alive
                 } else {
-                    let alive = lease_is_alive(client, lease).await;
+                    let alive = lease_is_alive(members, lease).await;
                     lease_alive.insert(lease, alive);
                     !alive
                 };
@@ -528,8 +481,12 @@ async fn apply_service_events(
 
 /// Whether etcd still knows `lease`. A key removed while its lease lives was deleted on purpose;
 /// one whose lease is gone expired. If etcd cannot tell us, call it a deletion.
-async fn lease_is_alive(client: &mut Client, lease: i64) -> bool {
-    match client.lease_time_to_live(lease, None).await {
+async fn lease_is_alive(members: &Members, lease: i64) -> bool {
+    let deadline = Instant::now() + READ_DEADLINE;
+    let asked = members.call(deadline, |mut client| async move {
+        client.lease_time_to_live(lease, None).await
+    });
+    match asked.await {
         Ok(answer) => answer.ttl() > 0,
         Err(err) => {
             log::debug!("cannot ask etcd about lease {lease:x}: {err}");
@@ -590,7 +547,7 @@ impl Feed for EventFeed {
     async fn catch_up(&self, watch: &mut Watch) {
         log::warn!("{EVENT_WATCH} fell behind a compaction; replaying stored events");
         let from = watch.position.resume_from;
-        match replay_stored_events(&mut watch.client, self.prefix(), &watch.hub, from).await {
+        match replay_stored_events(&watch.members, self.prefix(), &watch.hub, from).await {
             Ok(revision) => watch.position.resume_from = Some(revision + 1),
             Err(err) => {
                 log::warn!("cannot replay events: {err}");
@@ -606,6 +563,18 @@ impl Feed for EventFeed {
     }
 }
 
+/// Every key under `prefix`, read through the members that answer.
+async fn read_prefix(members: &Members, prefix: &str) -> Result<etcd_client::GetResponse, Error> {
+    let deadline = Instant::now() + READ_DEADLINE;
+    members
+        .call(deadline, |mut client| async move {
+            client
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+        })
+        .await
+}
+
 fn deliver_stored_event(hub: &Hub, kv: &KeyValue) {
     let key = String::from_utf8_lossy(kv.key());
     if let Some(event) = events::decode(&key, kv.value()) {
@@ -615,14 +584,12 @@ fn deliver_stored_event(hub: &Hub, kv: &KeyValue) {
 
 /// Delivers the stored events written at or after `from`, oldest first; returns the revision read.
 async fn replay_stored_events(
-    client: &mut Client,
+    members: &Members,
     prefix: &str,
     hub: &Hub,
     from: Option<i64>,
-) -> Result<i64, etcd_client::Error> {
-    let response = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
+) -> Result<i64, Error> {
+    let response = read_prefix(members, prefix).await?;
     let mut kvs: Vec<&KeyValue> = response
         .kvs()
         .iter()
@@ -638,6 +605,7 @@ async fn replay_stored_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::Health;
 
     fn reason(hub: &Hub) -> String {
         match hub.health() {

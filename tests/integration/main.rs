@@ -6,6 +6,7 @@ mod access;
 mod bad_input;
 mod cli;
 mod events;
+mod failover;
 mod faults;
 mod flood;
 mod limits;

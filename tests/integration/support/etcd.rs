@@ -415,6 +415,23 @@ impl EtcdClient {
         response.kvs().first().map(entry)
     }
 
+    /// Every key under `prefix`, in key order, or why etcd could not say (while the cluster
+    /// elects a leader, say) — for polling through faults.
+    pub fn try_get_prefix(&mut self, prefix: &str) -> Result<Vec<Entry>, String> {
+        let prefix = prefix.to_owned();
+        let options = etcd_client::GetOptions::new().with_prefix();
+        let client = self.client.clone();
+        let read = async move {
+            let mut client = client;
+            tokio::time::timeout(Self::CALL, client.get(prefix, Some(options))).await
+        };
+        match self.runtime.block_on(read) {
+            Ok(Ok(response)) => Ok(response.kvs().iter().map(entry).collect()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
     /// Every key under `prefix`, in key order.
     pub fn get_prefix(&mut self, prefix: &str) -> Vec<Entry> {
         let prefix = prefix.to_owned();
