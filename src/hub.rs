@@ -48,6 +48,8 @@ pub enum Health {
 pub enum SocketKind {
     Register,
     Monitor,
+    /// A server-sent event stream (`GET /etcd/watch`).
+    Watch,
 }
 
 #[derive(Debug)]
@@ -378,14 +380,11 @@ impl Hub {
     /// Open sockets by kind, for `/metrics`.
     pub fn socket_gauges(&self) -> metrics::SocketGauges {
         let state = self.lock();
-        let register = state
-            .sockets
-            .values()
-            .filter(|s| s.kind == SocketKind::Register)
-            .count();
+        let count = |kind| state.sockets.values().filter(|s| s.kind == kind).count();
         metrics::SocketGauges {
-            register,
-            monitor: state.sockets.len() - register,
+            register: count(SocketKind::Register),
+            monitor: count(SocketKind::Monitor),
+            watch: count(SocketKind::Watch),
         }
     }
 

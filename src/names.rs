@@ -207,6 +207,11 @@ impl Node {
         &[]
     }
 
+    /// The node's `meta.KEY=VALUE` pairs; none until nodes can carry them.
+    pub fn meta(&self) -> &[(String, String)] {
+        &[]
+    }
+
     /// The node's SRV weight; 1 (the contract's default) until nodes can carry one.
     pub fn weight(&self) -> u16 {
         1
