@@ -5,6 +5,7 @@ mod support;
 mod access;
 mod bad_input;
 mod cli;
+mod discovery;
 mod dns;
 mod events;
 mod faults;
