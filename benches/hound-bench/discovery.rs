@@ -311,12 +311,12 @@ pub fn dns(
             DNSPERF_CLIENTS, DNSPERF_THREADS, DNSPERF_OUTSTANDING
         ),
         hound: format!(
-            "{} q/s ({} lost of {})",
+            "{} ({} lost of {})",
             stats::rate(ours.qps),
             ours.lost,
             stats::thousands(ours.sent)
         ),
-        baseline: format!("{} q/s ({} lost)", stats::rate(bind.qps), bind.lost),
+        baseline: format!("{} ({} lost)", stats::rate(bind.qps), bind.lost),
         ratio: format!("{ratio:.2}×"),
         target: "≥ 0.5 × BIND".into(),
         verdict: Verdict::from(ratio >= 0.5 && ours.lost <= ours.sent / 1000),
@@ -330,7 +330,7 @@ pub fn dns(
     report.row(Row {
         section: "6",
         what: format!(
-            "DNS latency at {} q/s (0.5 × BIND's rate), p50 / p99 / max over {} queries",
+            "DNS latency at {} (0.5 × BIND's rate), p50 / p99 / max over {} queries",
             stats::rate(rate as f64),
             stats::thousands(ours_paced.latencies.len() as u64)
         ),

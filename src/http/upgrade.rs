@@ -45,6 +45,10 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
 
 /// Validates a request for the event stream route (`/etcd/watch`).
 pub fn event_stream_plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPlan> {
+    // A HEAD would get the head and then the stream: only GET opens one.
+    if request.method() != &tiny_http::Method::Get {
+        return Err(Error::MethodNotAllowed("GET"));
+    }
     let (registration, services) = parameters(route, query)?;
     let accept = request
         .headers()
