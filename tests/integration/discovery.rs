@@ -83,7 +83,7 @@ fn curl_reads_sync_then_a_put_from_the_event_stream() {
 }
 
 #[test]
-fn the_event_stream_keeps_the_websocket_routes_rules() {
+fn the_event_stream_keeps_the_websocket_routes_rules_and_the_targets_need_the_token() {
     let _w = watchdog();
     let etcd = Etcd::start();
     let hound = Hound::start(&etcd, &["--token", "s3cret", "--ping-interval", "1"]);
@@ -114,6 +114,13 @@ fn the_event_stream_keeps_the_websocket_routes_rules() {
         ("Origin", "http://evil.example"),
     ];
     request(addr, "GET", "/etcd/watch?monitor=api", &foreign, b"").assert_error(403);
+    hound.get("/v1/sd/prometheus").assert_error(401);
+    hound
+        .get("/v1/sd/prometheus?token=s3cret")
+        .assert_error(401);
+    let bearer = [("Authorization", "Bearer s3cret")];
+    let targets = request(addr, "GET", "/v1/sd/prometheus", &bearer, b"");
+    assert_eq!(targets.assert_json(200), json!([]));
 
     // `?token=` works as on the WebSocket routes (EventSource cannot set headers), and an idle
     // stream gets a comment line every ping interval.
@@ -188,22 +195,6 @@ fn prometheus_targets_list_healthy_nodes_with_labels() {
         json!([{"targets": ["10.0.1.1:5432"], "labels": labels("db")}])
     );
     hound.get("/v1/sd/prometheus?service=a/b").assert_error(400);
-}
-
-#[test]
-fn the_token_guards_prometheus_targets() {
-    let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = Hound::start(&etcd, &["--token", "s3cret"]);
-    hound.get("/v1/sd/prometheus").assert_error(401);
-    let with_token = request(
-        hound.addr(),
-        "GET",
-        "/v1/sd/prometheus",
-        &[("Authorization", "Bearer s3cret")],
-        b"",
-    );
-    assert_eq!(with_token.assert_json(200), json!([]));
 }
 
 /// A child process killed when the test ends, however it ends.

@@ -5,16 +5,19 @@
 //! else, a flood of idle TCP connections — none stops the others from being answered.
 
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// A hound on its own etcd with DNS on a free port.
-fn dns_hound(etcd: &Etcd, extra: &[&str]) -> Hound {
+/// An etcd, a hound on it with DNS on a free port and `extra` flags, and its DNS address.
+fn dns_hound(extra: &[&str]) -> (Etcd, Hound, SocketAddr) {
+    let etcd = Etcd::start();
     let mut args = vec!["--dns-port", "0"];
     args.extend_from_slice(extra);
-    Hound::start(etcd, &args)
+    let hound = Hound::start(&etcd, &args);
+    let dns = hound.dns_addr();
+    (etcd, hound, dns)
 }
 
 /// Writes `ip:port` nodes of `service` straight into etcd and waits until hound lists them.
@@ -31,9 +34,7 @@ fn put_nodes(etcd: &Etcd, hound: &Hound, service: &str, nodes: &[&str]) {
 #[test]
 fn a_aaaa_and_srv_with_their_addresses() {
     let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = dns_hound(&etcd, &[]);
-    let dns = hound.dns_addr();
+    let (etcd, hound, dns) = dns_hound(&[]);
     put_nodes(
         &etcd,
         &hound,
@@ -114,9 +115,7 @@ fn a_aaaa_and_srv_with_their_addresses() {
 #[test]
 fn nxdomain_refused_tags_and_empty_answers() {
     let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = dns_hound(&etcd, &[]);
-    let dns = hound.dns_addr();
+    let (etcd, hound, dns) = dns_hound(&[]);
     put_nodes(&etcd, &hound, "api", &["10.0.0.1:80"]);
     put_nodes(&etcd, &hound, "names-only", &["db.example:5432"]);
 
@@ -186,9 +185,7 @@ fn nxdomain_refused_tags_and_empty_answers() {
 #[test]
 fn answers_follow_etcd() {
     let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = dns_hound(&etcd, &["--dns-domain", "SD.Example"]);
-    let dns = hound.dns_addr();
+    let (etcd, hound, dns) = dns_hound(&["--dns-domain", "SD.Example"]);
     put_nodes(&etcd, &hound, "api", &["10.0.0.1:80"]);
     assert_eq!(
         dig(dns, &["api.service.sd.example", "A"]).answer_data(),
@@ -225,9 +222,7 @@ fn answers_follow_etcd() {
 #[test]
 fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
     let _w = watchdog();
-    let etcd = Etcd::start();
-    let hound = dns_hound(&etcd, &[]);
-    let dns = hound.dns_addr();
+    let (etcd, hound, dns) = dns_hound(&[]);
     // 40 addresses: 40 × 16 bytes of A records do not fit 512 bytes.
     let nodes: Vec<String> = (1..=40).map(|i| format!("10.1.0.{i}:80")).collect();
     let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
@@ -284,7 +279,7 @@ fn noise(seed: u64) -> impl FnMut() -> u8 {
 }
 
 /// Asserts that a normal query still gets its answer over UDP and over TCP.
-fn still_answered(dns: std::net::SocketAddr, id: u16) {
+fn still_answered(dns: SocketAddr, id: u16) {
     let query = raw_query(id, "api.service.hound.", 1);
     let answer = udp_exchange(dns, &query, PROMPT).expect("an answer over UDP");
     assert_eq!(rcode_and_answers(&answer, id), (0, 1));
@@ -295,9 +290,7 @@ fn still_answered(dns: std::net::SocketAddr, id: u16) {
 #[test]
 fn hostile_packets_do_no_harm() {
     let _w = watchdog();
-    let etcd = Etcd::start();
-    let mut hound = dns_hound(&etcd, &[]);
-    let dns = hound.dns_addr();
+    let (etcd, mut hound, dns) = dns_hound(&[]);
     put_nodes(&etcd, &hound, "api", &["10.0.0.1:80"]);
     still_answered(dns, 1);
 
@@ -352,9 +345,7 @@ fn hostile_packets_do_no_harm() {
 #[test]
 fn a_tcp_client_that_sends_a_length_only_is_dropped_and_no_one_waits_for_it() {
     let _w = watchdog();
-    let etcd = Etcd::start();
-    let mut hound = dns_hound(&etcd, &["--idle-timeout", "2"]);
-    let dns = hound.dns_addr();
+    let (etcd, mut hound, dns) = dns_hound(&["--idle-timeout", "2"]);
     put_nodes(&etcd, &hound, "api", &["10.0.0.1:80"]);
 
     let mut stalled = TcpStream::connect(dns).expect("connect");
