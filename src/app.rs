@@ -8,6 +8,8 @@ use rustix::process::{Resource, getrlimit, setrlimit};
 
 use crate::config::Config;
 use crate::context::Context;
+use crate::dns::DnsServer;
+use crate::dns::zone::Zone;
 use crate::embedded::Embedded;
 use crate::error::{Error, Result};
 use crate::etcd::{Etcd, Settings};
@@ -33,6 +35,7 @@ pub struct App {
     context: Arc<Context>,
     workers: Vec<JoinHandle<()>>,
     local_addr: std::net::SocketAddr,
+    dns: Option<DnsServer>,
 }
 
 impl App {
@@ -80,6 +83,10 @@ impl App {
             access: config.access.clone(),
             events: EventBudget::new(config.event_limits),
         });
+        let dns = match &config.dns {
+            Some(settings) => Some(start_dns(config, settings, &context.hub)?),
+            None => None,
+        };
         let mut workers = Vec::new();
         for n in 0..HTTP_WORKERS {
             let context = context.clone();
@@ -103,6 +110,7 @@ impl App {
             context,
             workers,
             local_addr,
+            dns,
         })
     }
 
@@ -116,6 +124,9 @@ impl App {
         let started = Instant::now();
         log::info!("shutting down");
         self.context.listener.stop();
+        if let Some(dns) = self.dns {
+            dns.stop();
+        }
         self.context.hub.close_all(close_code::GOING_AWAY);
         if let Err(err) = self.context.store.deregister_all(DEREGISTER_BUDGET) {
             log::warn!("could not deregister everything: {err}; leases will expire");
@@ -131,6 +142,30 @@ impl App {
         }
         log::info!("stopped in {} ms", started.elapsed().as_millis());
     }
+}
+
+/// Starts the DNS server on `--bind`'s address, answering from the hub's mirror.
+fn start_dns(
+    config: &Config,
+    settings: &crate::config::DnsSettings,
+    hub: &Hub,
+) -> Result<DnsServer> {
+    let zone = Arc::new(Zone::new(&settings.domain)?);
+    hub.attach_zone(zone.clone());
+    let server = DnsServer::start(config.listen.ip(), settings.port, zone, config.idle_timeout)
+        .map_err(|err| {
+            Error::Config(format!(
+                "cannot answer DNS on {}:{}: {err}",
+                config.listen.ip(),
+                settings.port
+            ))
+        })?;
+    log::info!(
+        "answering DNS for {} on {} (UDP and TCP)",
+        settings.domain,
+        server.local_addr()
+    );
+    Ok(server)
 }
 
 /// Raises the soft limit on open descriptors to the hard limit and returns it.

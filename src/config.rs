@@ -51,6 +51,9 @@ Options:
       --allow-host HOSTS       comma-separated names hound answers to
                                besides IP addresses and localhost
                                (* for any)                       [env HOUND_ALLOW_HOST]
+      --dns-port PORT          answer DNS on this port, UDP and TCP, at --bind
+                               (0 = any free)                    [env HOUND_DNS_PORT, default off]
+      --dns-domain DOMAIN      the domain DNS answers for        [env HOUND_DNS_DOMAIN, default hound.]
       --log-level LEVEL        error, warn, info, debug, trace   [env HOUND_LOG, default info]
       --log-format FORMAT      text, or json (one object a line) [env HOUND_LOG_FORMAT, default text]
   -r, --routes                 print the routes and exit
@@ -88,6 +91,17 @@ pub struct Config {
     pub event_limits: EventLimits,
     pub log_level: LevelFilter,
     pub log_format: LogFormat,
+    /// The DNS server, if `--dns-port` is given.
+    pub dns: Option<DnsSettings>,
+}
+
+/// Where and for which domain hound answers DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// `0`: any port free for both UDP and TCP.
+    pub port: u16,
+    /// Fully qualified, lower case: `hound.`.
+    pub domain: String,
 }
 
 /// How log lines are written to stderr.
@@ -139,6 +153,8 @@ struct RawArgs {
     allow_host: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
+    dns_port: Option<String>,
+    dns_domain: Option<String>,
 }
 
 /// The event budget's flags as given.
@@ -200,6 +216,8 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         allow_host: flag(&mut args, "--allow-host")?,
         log_level: flag(&mut args, "--log-level")?,
         log_format: flag(&mut args, "--log-format")?,
+        dns_port: flag(&mut args, "--dns-port")?,
+        dns_domain: flag(&mut args, "--dns-domain")?,
     };
     let rest = args.finish();
     if let Some(first) = rest.first() {
@@ -269,6 +287,7 @@ impl Config {
         let event_limits = event_limits(&from, raw.events)?;
         let log_level = log_level(&from.pick(raw.log_level, "HOUND_LOG", "info"))?;
         let log_format = log_format(&from.pick(raw.log_format, "HOUND_LOG_FORMAT", "text"))?;
+        let dns = dns(&from, raw.dns_port, raw.dns_domain)?;
         Ok(Config {
             listen,
             embedded,
@@ -284,6 +303,7 @@ impl Config {
             event_limits,
             log_level,
             log_format,
+            dns,
         })
     }
 }
@@ -413,6 +433,25 @@ fn etcd_user(from: &Sources, user: Option<String>) -> Result<Option<(String, Str
         ))
     })?;
     Ok(Some((user, password)))
+}
+
+/// `--dns-port` and `--dns-domain`: DNS is off unless a port is given.
+fn dns(
+    from: &Sources,
+    port: Option<String>,
+    domain: Option<String>,
+) -> Result<Option<DnsSettings>> {
+    let domain = from.pick(domain, "HOUND_DNS_DOMAIN", "hound.");
+    let domain = crate::dns::zone::parse_domain(&domain)?.to_string();
+    let Some(port) = from.given(port, "HOUND_DNS_PORT") else {
+        return Ok(None);
+    };
+    let port = port.parse::<u16>().map_err(|_| {
+        Error::Config(format!(
+            "--dns-port {port:?} is not a port number (0-65535)"
+        ))
+    })?;
+    Ok(Some(DnsSettings { port, domain }))
 }
 
 /// `--ttl`: whole seconds from 1 to a day.
@@ -666,6 +705,21 @@ mod tests {
     }
 
     #[test]
+    fn dns_is_off_unless_a_port_is_given() {
+        assert_eq!(run(&[], &[]).unwrap().dns, None);
+        let dns = run(
+            &["--dns-port", "5353"],
+            &[("HOUND_DNS_DOMAIN", "SD.Example")],
+        )
+        .unwrap()
+        .dns
+        .unwrap();
+        assert_eq!((dns.port, dns.domain.as_str()), (5353, "sd.example."));
+        let env = run(&[], &[("HOUND_DNS_PORT", "0")]).unwrap().dns.unwrap();
+        assert_eq!((env.port, env.domain.as_str()), (0, "hound."));
+    }
+
+    #[test]
     fn log_format_comes_from_the_flag_or_the_environment() {
         let json = run(&[], &[("HOUND_LOG_FORMAT", "json")]).unwrap();
         assert_eq!(json.log_format, LogFormat::Json);
@@ -724,6 +778,9 @@ mod tests {
             &["stray"],
             &["--embedded", "--etcd", "http://a:1"],
             &["--port"],
+            &["--dns-port", "x"],
+            &["--dns-port", "70000"],
+            &["--dns-port", "53", "--dns-domain", "a b"],
         ] {
             let err = run(args, &[]).unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{args:?} gave {err:?}");

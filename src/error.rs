@@ -19,6 +19,9 @@ pub enum Error {
     NotFound(String),
     /// The route exists but not with this method. HTTP 405.
     MethodNotAllowed(&'static str),
+    /// The client accepts none of the media types the route answers with: fix `Accept`.
+    /// HTTP 406.
+    NotAcceptable(String),
     /// A WebSocket route was called without `Upgrade: websocket`. HTTP 426.
     UpgradeRequired,
     /// The request body is larger than hound accepts. HTTP 413.
@@ -49,6 +52,7 @@ impl Error {
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
+            Error::NotAcceptable(_) => 406,
             Error::PayloadTooLarge(_) => 413,
             Error::UnsupportedMediaType => 415,
             Error::HeadTooLarge(_) => 431,
@@ -66,6 +70,7 @@ impl fmt::Display for Error {
             Error::BadRequest(why)
             | Error::Config(why)
             | Error::Forbidden(why)
+            | Error::NotAcceptable(why)
             | Error::Overloaded(why) => f.write_str(why),
             Error::Unauthorized => {
                 f.write_str("a valid token is required (Authorization: Bearer TOKEN)")

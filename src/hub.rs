@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::dns::zone::Zone;
 use crate::error::{Error, Result};
 use crate::membership::{Membership, Mirror};
 use crate::message::{self, BROADCAST_NAMESPACE, Frame, KeyEvent};
@@ -51,6 +52,8 @@ pub enum Health {
 pub enum SocketKind {
     Register,
     Monitor,
+    /// A server-sent event stream (`GET /etcd/watch`).
+    Watch,
 }
 
 #[derive(Debug)]
@@ -83,6 +86,9 @@ pub struct Hub {
     /// Notified when `revision` advances or a socket leaves.
     progress: Condvar,
     next_socket: AtomicU64,
+    /// The DNS answers, when DNS is on: updated under the lock with every membership change,
+    /// before the sockets hear of it.
+    zone: OnceLock<Arc<Zone>>,
 }
 
 impl Default for Hub {
@@ -100,6 +106,7 @@ impl Default for Hub {
             }),
             progress: Condvar::new(),
             next_socket: AtomicU64::new(1),
+            zone: OnceLock::new(),
         }
     }
 }
@@ -128,6 +135,38 @@ impl Hub {
     /// The current membership of one service.
     pub fn membership(&self, service: &str) -> Membership {
         self.lock().mirror.membership(service)
+    }
+
+    /// The nodes of each of `services` (every service, if `None`), sorted by service.
+    pub fn nodes_by_service(&self, services: Option<&[String]>) -> Vec<(String, Vec<Node>)> {
+        let state = self.lock();
+        let names = match services {
+            Some(services) => services.to_vec(),
+            None => state.mirror.service_names(),
+        };
+        names
+            .into_iter()
+            .map(|service| {
+                let nodes = state.mirror.nodes(&service);
+                (service, nodes)
+            })
+            .collect()
+    }
+
+    /// Keeps `zone` in step with the mirror from now on, starting with what it holds now.
+    pub fn attach_zone(&self, zone: Arc<Zone>) {
+        let state = self.lock();
+        for service in state.mirror.service_names() {
+            zone.update(&service, state.mirror.nodes(&service));
+        }
+        let _ = self.zone.set(zone);
+    }
+
+    /// Tells the zone, if any, of `service`'s new membership.
+    fn update_zone(&self, state: &State, service: &str) {
+        if let Some(zone) = self.zone.get() {
+            zone.update(service, state.mirror.nodes(service));
+        }
     }
 
     #[cfg(test)]
@@ -196,6 +235,7 @@ impl Hub {
             Change::Removed(event) => (event, state.mirror.remove(service, key)),
         };
         if let Some(membership) = membership {
+            self.update_zone(&state, service);
             let frame = message::service_event(service, event, membership.json());
             state.deliver_to_service(service, &frame);
         }
@@ -216,6 +256,9 @@ impl Hub {
     pub fn resync(&self, fresh: Mirror, revision: i64, everyone: bool) -> usize {
         let mut state = self.lock();
         let changed = state.mirror.replace(fresh);
+        for (service, _) in &changed {
+            self.update_zone(&state, service);
+        }
         let mut services: Vec<String> =
             changed.iter().map(|(service, _)| service.clone()).collect();
         if everyone {
@@ -364,14 +407,11 @@ impl Hub {
     /// Open sockets by kind, for `/metrics`.
     pub fn socket_gauges(&self) -> metrics::SocketGauges {
         let state = self.lock();
-        let register = state
-            .sockets
-            .values()
-            .filter(|s| s.kind == SocketKind::Register)
-            .count();
+        let count = |kind| state.sockets.values().filter(|s| s.kind == kind).count();
         metrics::SocketGauges {
-            register,
-            monitor: state.sockets.len() - register,
+            register: count(SocketKind::Register),
+            monitor: count(SocketKind::Monitor),
+            watch: count(SocketKind::Watch),
         }
     }
 

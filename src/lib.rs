@@ -10,6 +10,7 @@
 mod app;
 pub mod config;
 mod context;
+mod dns;
 mod embedded;
 mod error;
 mod etcd;

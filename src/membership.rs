@@ -97,6 +97,18 @@ impl Mirror {
             .map_or_else(Membership::empty, |s| s.membership.clone())
     }
 
+    /// The nodes of `service`, sorted by (ip, port), each once (empty if unknown).
+    pub fn nodes(&self, service: &str) -> Vec<Node> {
+        let mut nodes: Vec<Node> = self
+            .services
+            .get(service)
+            .map(|s| s.nodes.values().cloned().collect())
+            .unwrap_or_default();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
     pub fn service_count(&self) -> usize {
         self.services.len()
     }

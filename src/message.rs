@@ -1,6 +1,7 @@
-//! The JSON messages hound pushes to sockets, serialised once and shared by every recipient.
+//! The JSON messages hound pushes to sockets, serialised once and shared by every recipient,
+//! in both framings: a WebSocket text frame, and a server-sent event.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -31,13 +32,38 @@ impl KeyEvent {
     }
 }
 
-/// A message as it goes on the wire: one complete WebSocket text frame. Frames a server sends
-/// are not masked, so the same bytes serve every socket; cloning shares them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    bytes: Arc<[u8]>,
-    header_len: usize,
+/// How a connection carries messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One WebSocket text frame per message.
+    WebSocket,
+    /// One server-sent event per message: `data: <json>` and an empty line.
+    EventStream,
 }
+
+/// A message as it goes on the wire: one complete WebSocket text frame, and the same message as
+/// a server-sent event, made the first time an event stream needs it. Frames a server sends
+/// are not masked, so the same bytes serve every socket; cloning shares them.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    encoded: Arc<Encoded>,
+}
+
+#[derive(Debug)]
+struct Encoded {
+    bytes: Box<[u8]>,
+    header_len: usize,
+    /// Built once, by the first event stream the message goes to, and shared by the rest.
+    event: OnceLock<Box<[u8]>>,
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.encoded.bytes == other.encoded.bytes
+    }
+}
+
+impl Eq for Frame {}
 
 impl Frame {
     /// Frames `text` as one final, unmasked text frame (RFC 6455, section 5.2).
@@ -54,21 +80,45 @@ impl Frame {
         let _ = header.format(length, &mut bytes);
         bytes.extend_from_slice(payload);
         Frame {
-            bytes: bytes.into(),
-            header_len,
+            encoded: Arc::new(Encoded {
+                bytes: bytes.into(),
+                header_len,
+                event: OnceLock::new(),
+            }),
         }
     }
 
     /// The whole frame, header included.
     pub fn wire(&self) -> &[u8] {
-        &self.bytes
+        &self.encoded.bytes
+    }
+
+    /// The message as one server-sent event. hound's messages are JSON without raw line
+    /// breaks (serde_json escapes them), so one `data:` line carries each.
+    pub fn event(&self) -> &[u8] {
+        self.encoded.event.get_or_init(|| {
+            let payload = &self.encoded.bytes[self.encoded.header_len..];
+            let mut event = Vec::with_capacity(payload.len() + 8);
+            event.extend_from_slice(b"data: ");
+            event.extend_from_slice(payload);
+            event.extend_from_slice(b"\n\n");
+            event.into()
+        })
+    }
+
+    /// The message in `framing`.
+    pub fn framed(&self, framing: Framing) -> &[u8] {
+        match framing {
+            Framing::WebSocket => self.wire(),
+            Framing::EventStream => self.event(),
+        }
     }
 
     /// The message text.
     #[cfg(test)]
     pub fn as_str(&self) -> &str {
         // The payload was a `&str` when the frame was made.
-        std::str::from_utf8(&self.bytes[self.header_len..]).unwrap_or_default()
+        std::str::from_utf8(&self.encoded.bytes[self.encoded.header_len..]).unwrap_or_default()
     }
 }
 
@@ -182,6 +232,25 @@ mod tests {
             assert_eq!(reader.position() as usize + len, frame.wire().len());
             assert_eq!(frame.as_str(), text);
         }
+    }
+
+    #[test]
+    fn an_event_is_one_data_line_built_once_and_shared() {
+        let frame = custom_event("*", "t", "line\nbreak");
+        let copy = frame.clone();
+        let event = frame.event();
+        assert!(event.starts_with(b"data: {") && event.ends_with(b"}\n\n"));
+        assert_eq!(
+            event.iter().filter(|&&b| b == b'\n').count(),
+            2,
+            "one line, one blank"
+        );
+        assert_eq!(&event[6..event.len() - 2], frame.as_str().as_bytes());
+        assert!(
+            std::ptr::eq(copy.event(), event),
+            "shared by every recipient"
+        );
+        assert_eq!(frame.framed(Framing::WebSocket), frame.wire());
     }
 
     #[test]

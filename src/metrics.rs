@@ -55,6 +55,8 @@ pub fn count_request(route: &'static str, status: u16) {
 pub struct SocketGauges {
     pub register: usize,
     pub monitor: usize,
+    /// Server-sent event streams.
+    pub watch: usize,
 }
 
 /// The whole exposition.
@@ -69,10 +71,11 @@ pub fn render(sockets: SocketGauges) -> String {
     family(
         "hound_sockets",
         "gauge",
-        "Open WebSockets by kind.",
+        "Open WebSockets by kind, and event streams (watch).",
         &[
             ("{kind=\"register\"}".into(), sockets.register as u64),
             ("{kind=\"monitor\"}".into(), sockets.monitor as u64),
+            ("{kind=\"watch\"}".into(), sockets.watch as u64),
         ],
     );
     let plain = |counter: u64| [(String::new(), counter)];
@@ -145,9 +148,11 @@ mod tests {
         let text = render(SocketGauges {
             register: 2,
             monitor: 1,
+            watch: 3,
         });
         assert!(text.contains("hound_sockets{kind=\"register\"} 2\n"));
         assert!(text.contains("hound_sockets{kind=\"monitor\"} 1\n"));
+        assert!(text.contains("hound_sockets{kind=\"watch\"} 3\n"));
         assert!(text.contains("hound_http_requests_total{route=\"/healthz\",status=\"200\"} "));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();

@@ -189,6 +189,40 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Whether discovery answers (DNS, Prometheus service discovery) include this node: the one
+    /// place health filters them. Nodes carry no status yet (tags and health are issue 13), so
+    /// every node counts as healthy ("passing").
+    pub fn is_healthy(&self) -> bool {
+        true
+    }
+
+    /// The node's status as discovery reports it; see [`Node::is_healthy`].
+    pub fn status(&self) -> &'static str {
+        "passing"
+    }
+
+    /// The node's tags; none until nodes can carry them.
+    pub fn tags(&self) -> &[String] {
+        &[]
+    }
+
+    /// The node's `meta.KEY=VALUE` pairs; none until nodes can carry them.
+    pub fn meta(&self) -> &[(String, String)] {
+        &[]
+    }
+
+    /// The node's SRV weight; 1 (the contract's default) until nodes can carry one.
+    pub fn weight(&self) -> u16 {
+        1
+    }
+
+    /// The node's host as an IP address, if it is an IP literal rather than a host name.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.0.parse().ok()
+    }
+}
+
 /// The `ip:port` form used both as the last key segment and as the value; IPv6 in brackets.
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

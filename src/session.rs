@@ -1,5 +1,6 @@
-//! The life of one WebSocket on its own thread: register (for the register route), subscribe,
-//! complete the handshake, serve, and clean up however it ends — panics included.
+//! The life of one WebSocket or event stream on its own thread: register (for the register
+//! route), subscribe, complete the handshake, serve, and clean up however it ends — panics
+//! included.
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -15,7 +16,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::http::listener::{Listener, SocketSlot};
 use crate::hub::{Hub, SocketId, SocketKind};
-use crate::message::Frame;
+use crate::message::{Frame, Framing};
 use crate::metrics;
 use crate::names::Node;
 use crate::reply::respond_error;
@@ -23,7 +24,7 @@ use crate::socket::doorbell::Doorbell;
 use crate::socket::mailbox::Mailbox;
 use crate::socket::stream::UpgradedStream;
 use crate::socket::wire::Wire;
-use crate::socket::{self, Ending, websocket_config};
+use crate::socket::{self, Ending, event_stream, websocket_config};
 use crate::store::Store;
 
 /// Stack of a socket thread. The loop is shallow; small stacks keep 10,000 sockets cheap.
@@ -40,10 +41,19 @@ pub struct SocketPlan {
     pub registration: Option<(String, Node)>,
     /// Every service the socket hears about, each once.
     pub services: Vec<String>,
-    /// The `Sec-WebSocket-Accept` value to answer with.
-    pub accept_key: String,
+    /// How the connection carries messages.
+    pub protocol: Protocol,
     /// The route's label, for metrics.
     pub route: &'static str,
+}
+
+/// What the connection becomes once it is taken from tiny_http.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// A WebSocket, answered with this `Sec-WebSocket-Accept` value.
+    WebSocket { accept_key: String },
+    /// A `text/event-stream` response that lasts as long as the connection.
+    EventStream,
 }
 
 /// Moves a validated upgrade to its own thread.
@@ -98,12 +108,21 @@ impl Drop for Cleanup<'_> {
 
 /// A socket past its handshake, ready to serve.
 struct Open {
-    ws: WebSocket<UpgradedStream>,
+    connection: Connection,
     inbox: Receiver<Frame>,
     doorbell: Arc<Doorbell>,
     peer: SocketAddr,
     /// Counts the socket against `--max-connections` until it ends.
     _slot: SocketSlot,
+}
+
+/// The connection a socket thread serves.
+// One per thread, moved once into the serving loop: boxing the larger variant would only add
+// a heap allocation per socket.
+#[allow(clippy::large_enum_variant)]
+enum Connection {
+    WebSocket(WebSocket<UpgradedStream>),
+    EventStream(UpgradedStream),
 }
 
 /// Registers (for the register route), subscribes and completes the handshake; `None` if the
@@ -164,11 +183,12 @@ fn open(
     let syncs = plan.services.len() + context.hub.service_count();
     let wire = Arc::new(Wire::default());
     let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY + syncs, wire.clone(), doorbell.clone());
-    let kind = if plan.registration.is_some() {
-        SocketKind::Register
-    } else {
-        SocketKind::Monitor
+    let (kind, framing) = match (&plan.registration, &plan.protocol) {
+        (_, Protocol::EventStream) => (SocketKind::Watch, Framing::EventStream),
+        (Some(_), _) => (SocketKind::Register, Framing::WebSocket),
+        (None, _) => (SocketKind::Monitor, Framing::WebSocket),
     };
+    let mailbox = mailbox.with_framing(framing);
     if let Err(err) = context
         .hub
         .subscribe(id, kind, plan.services.clone(), mailbox)
@@ -177,11 +197,22 @@ fn open(
         return None;
     }
     let slot = context.listener.socket_slot();
-    let ws = match handshake(request, &plan.accept_key, wire) {
+    let connection = match handshake(request, &plan.protocol, wire) {
         Ok((stream, early_bytes)) => {
-            metrics::count_request(plan.route, 101);
-            let config = Some(websocket_config());
-            WebSocket::from_partially_read(stream, early_bytes, Role::Server, config)
+            metrics::count_request(plan.route, handshake_status(&plan.protocol));
+            match plan.protocol {
+                Protocol::WebSocket { .. } => {
+                    let config = Some(websocket_config());
+                    Connection::WebSocket(WebSocket::from_partially_read(
+                        stream,
+                        early_bytes,
+                        Role::Server,
+                        config,
+                    ))
+                }
+                // An event stream's client has nothing to say; what it sent early is dropped.
+                Protocol::EventStream => Connection::EventStream(stream),
+            }
         }
         Err(err) => {
             // The client went away during the handshake, or hound is out of descriptors.
@@ -194,7 +225,7 @@ fn open(
         plan.services
     );
     Some(Open {
-        ws,
+        connection,
         inbox,
         doorbell,
         peer,
@@ -204,20 +235,37 @@ fn open(
 
 /// Serves an open socket until it ends.
 fn serve(open: Open, id: SocketId, ping_interval: Duration) {
-    let ending = socket::serve(open.ws, open.inbox, &open.doorbell, ping_interval);
+    let ending = match open.connection {
+        Connection::WebSocket(ws) => socket::serve(ws, open.inbox, &open.doorbell, ping_interval),
+        Connection::EventStream(stream) => {
+            event_stream::serve(stream, open.inbox, &open.doorbell, ping_interval)
+        }
+    };
     match ending {
         Ending::PeerLost(why) => log::info!("socket {id} from {} lost: {why}", open.peer),
         other => log::debug!("socket {id} from {} ended: {other:?}", open.peer),
     }
 }
 
-/// Sends the 101 and takes over the connection, with any bytes the client sent early.
+/// The status the handshake answers with: 101 for a WebSocket, 200 for an event stream.
+fn handshake_status(protocol: &Protocol) -> u16 {
+    match protocol {
+        Protocol::WebSocket { .. } => 101,
+        Protocol::EventStream => 200,
+    }
+}
+
+/// Sends the 101 (or the event stream's head) and takes over the connection, with any bytes
+/// the client sent early.
 fn handshake(
     request: Request,
-    accept_key: &str,
+    protocol: &Protocol,
     wire: Arc<Wire>,
 ) -> std::io::Result<(UpgradedStream, Vec<u8>)> {
-    let handed_over = Listener::hand_over(request, accept_key)?;
+    let handed_over = match protocol {
+        Protocol::WebSocket { accept_key } => Listener::hand_over(request, accept_key)?,
+        Protocol::EventStream => Listener::hand_over_event_stream(request)?,
+    };
     let stream = UpgradedStream::new(handed_over.stream, wire)?;
     Ok((stream, handed_over.early_bytes))
 }

@@ -2,13 +2,16 @@
 //!
 //! Starts its own etcd and the release `hound` on loopback ports, measures fan-out latency,
 //! registration latency, REST read throughput, footprint and churn, each against a baseline
-//! taken straight from etcd in the same run where one exists, and prints one markdown table.
+//! taken straight from etcd in the same run where one exists, and DNS against BIND 9, and
+//! prints one markdown table.
 //! `docs/performance.md` explains every row.
 //!
 //! Options (after `--`): `--quick` (smaller counts, for trying the bench out; not comparable),
-//! `--only SECTION[,SECTION…]` (`startup`, `rest`, `registration`, `churn`, `fanout`), and
+//! `--only SECTION[,SECTION…]` (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`,
+//! `sse`), and
 //! `--update-docs` (rewrite the generated section of `docs/performance.md`).
 
+mod discovery;
 mod etcd;
 mod http;
 mod procs;
@@ -47,7 +50,8 @@ const MIB: u64 = 1024 * 1024;
 struct Options {
     quick: bool,
     update_docs: bool,
-    /// Sections to run (`startup`, `rest`, `registration`, `churn`, `fanout`); all if empty.
+    /// Sections to run (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`, `sse`);
+    /// all if empty.
     only: Vec<String>,
 }
 
@@ -242,6 +246,17 @@ fn run(options: &Options, report: &mut Report, fd_limit: FdLimit) -> Result<(), 
         && let Err(err) = fan_out(options, &hound, &writer, &watcher, report, fd_limit)
     {
         report.failed("1", "fan-out", &err);
+    }
+
+    if options.runs("dns")
+        && let Err(err) = discovery::dns(options, &etcd, &writer, report)
+    {
+        report.failed("6", "DNS against BIND 9", &err);
+    }
+    if options.runs("sse")
+        && let Err(err) = discovery::event_stream_cost(options, &etcd, report)
+    {
+        report.failed("6", "event stream cost per client", &err);
     }
 
     let problems = procs::log_problems(&hound.stderr());

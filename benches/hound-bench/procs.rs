@@ -344,6 +344,8 @@ const HOUND_ENV: &[&str] = &[
     "HOUND_PING_INTERVAL",
     "HOUND_IDLE_TIMEOUT",
     "HOUND_MAX_CONNECTIONS",
+    "HOUND_DNS_PORT",
+    "HOUND_DNS_DOMAIN",
 ];
 
 /// A running hound, stopped on drop.
@@ -357,6 +359,16 @@ impl Hound {
     /// Starts hound on `port` (0: any) against `etcd_url` and waits for `/healthz` 200.
     /// Returns it with the time from spawn to the first healthy answer.
     pub fn start(etcd_url: &str, namespace: &str, port: u16) -> Result<(Hound, Duration), String> {
+        Hound::start_with(etcd_url, namespace, port, &[])
+    }
+
+    /// Like [`Hound::start`], with `extra` flags.
+    pub fn start_with(
+        etcd_url: &str,
+        namespace: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<(Hound, Duration), String> {
         let mut command = Command::new(hound_binary());
         for name in HOUND_ENV {
             command.env_remove(name);
@@ -366,6 +378,7 @@ impl Hound {
             .args(["--namespace", namespace])
             .args(["--event-namespace", &format!("{namespace}-events")])
             .args(["--log-level", "info"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

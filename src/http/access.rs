@@ -107,7 +107,7 @@ impl Access {
             });
             let from_query = match route {
                 // Browsers cannot set headers on WebSockets or page loads.
-                Route::Register | Route::Monitor | Route::Dashboard => {
+                Route::Register | Route::Monitor | Route::Watch | Route::Dashboard => {
                     query.get("token").map(str::to_owned)
                 }
                 _ => None,
@@ -121,8 +121,10 @@ impl Access {
                 return Err(Error::Unauthorized);
             }
         }
-        if matches!(route, Route::Register | Route::Monitor | Route::Event)
-            && let Some(origin) = header(request, "Origin")
+        if matches!(
+            route,
+            Route::Register | Route::Monitor | Route::Watch | Route::Event
+        ) && let Some(origin) = header(request, "Origin")
         {
             let own_host = header(request, "Host").unwrap_or_default();
             let origin = normalise_origin(origin);

@@ -165,6 +165,28 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// Answers `request` with the head of a `text/event-stream` response whose body lasts as
+    /// long as the connection, and takes the connection from tiny_http as [`Listener::hand_over`]
+    /// does.
+    pub fn hand_over_event_stream(request: Request) -> io::Result<HandedOver> {
+        let header = |name: &str, value: &str| {
+            Header::from_bytes(name.as_bytes(), value.as_bytes())
+                .map_err(|()| io::Error::other("not a valid header"))
+        };
+        let response = Response::empty(200)
+            .with_header(header("Content-Type", "text/event-stream; charset=utf-8")?)
+            // Events are live: no cache or proxy may hold them back.
+            .with_header(header("Cache-Control", "no-cache")?)
+            .with_header(header("X-Accel-Buffering", "no")?);
+        let (stream, early_bytes) = request.respond_head_and_hand_over(response)?;
+        Ok(HandedOver {
+            stream,
+            early_bytes,
+        })
+    }
+}
+
 /// A listening socket on `addr`, with a deep backlog and TCP_NODELAY for every connection.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let family = match addr {

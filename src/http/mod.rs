@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod budget;
+pub mod discovery;
 pub mod listener;
 pub mod query;
 pub mod rest;
@@ -63,6 +64,14 @@ fn dispatch(context: &Arc<Context>, request: Request) {
             Ok(plan) => crate::session::start(context.clone(), request, plan),
             Err(err) => respond_error(request, label, &err),
         },
+        Route::Watch => match upgrade::event_stream_plan(&request, &route, &query) {
+            Ok(plan) => crate::session::start(context.clone(), request, plan),
+            Err(err) => respond_error(request, label, &err),
+        },
+        Route::PrometheusSd => {
+            let reply = discovery::prometheus_targets(context, &query);
+            answer_with(request, &route, reply);
+        }
         // A body may trickle in for as long as the connection timeouts allow; read it on a thread of its
         // own so a slow client cannot occupy a worker.
         Route::Event => {
@@ -80,7 +89,13 @@ fn dispatch(context: &Arc<Context>, request: Request) {
 }
 
 fn answer(context: &Context, mut request: Request, route: &Route) {
-    match rest::answer(context, &mut request, route) {
+    let reply = rest::answer(context, &mut request, route);
+    answer_with(request, route, reply);
+}
+
+/// Sends a REST reply, or the error in its place.
+fn answer_with(request: Request, route: &Route, reply: crate::error::Result<rest::Reply>) {
+    match reply {
         Ok(reply) => {
             metrics::count_request(route.label(), reply.status);
             let mut response = with_content_type(

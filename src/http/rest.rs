@@ -35,7 +35,7 @@ pub struct Reply {
 
 const JSON: &str = "application/json";
 
-fn ok(body: String) -> Result<Reply> {
+pub fn ok(body: String) -> Result<Reply> {
     Ok(Reply {
         status: 200,
         body,
@@ -123,6 +123,8 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
             ],
         }),
         Route::Register | Route::Monitor => Err(Error::UpgradeRequired),
+        // Answered by `http::dispatch` (the stream) and `http::discovery`.
+        Route::Watch | Route::PrometheusSd => Err(Error::NotFound(route.label().into())),
     }
 }
 
@@ -137,7 +139,7 @@ fn etcd_status(context: &Context) -> Result<crate::etcd::ClusterStatus> {
 
 /// Reads of the mirror answer from memory, but only once it has been filled from etcd (waiting
 /// a little for that while hound starts).
-fn require_mirror(context: &Context) -> Result<()> {
+pub fn require_mirror(context: &Context) -> Result<()> {
     if !context.hub.wait_for_revision(1, STARTUP_GRACE) {
         return Err(Error::Unavailable(
             "the service namespace has not been read yet".into(),

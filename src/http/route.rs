@@ -16,6 +16,10 @@ pub enum Route {
     Event,
     Register,
     Monitor,
+    /// `GET /etcd/watch`: a monitor socket's messages as server-sent events.
+    Watch,
+    /// `GET /v1/sd/prometheus`: Prometheus HTTP service discovery.
+    PrometheusSd,
     Metrics,
     Dashboard,
 }
@@ -33,6 +37,8 @@ impl Route {
             Route::Event => "/etcd/event",
             Route::Register => "/etcd/register",
             Route::Monitor => "/etcd/monitor",
+            Route::Watch => "/etcd/watch",
+            Route::PrometheusSd => "/v1/sd/prometheus",
             Route::Metrics => "/metrics",
             Route::Dashboard => "/",
         }
@@ -83,6 +89,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ),
     (
         "GET",
+        "/etcd/watch",
+        "?monitor=A,B the events of the monitored services as server-sent events",
+    ),
+    (
+        "GET",
+        "/v1/sd/prometheus",
+        "[?service=A,B] healthy nodes as Prometheus HTTP service discovery targets",
+    ),
+    (
+        "GET",
         "/metrics",
         "counters and gauges in the Prometheus text format",
     ),
@@ -113,6 +129,8 @@ pub fn route(method: &str, path: &str) -> Result<Route> {
         "/etcd/event" => (Route::Event, "POST"),
         "/etcd/register" => (Route::Register, "GET"),
         "/etcd/monitor" => (Route::Monitor, "GET"),
+        "/etcd/watch" => (Route::Watch, "GET"),
+        "/v1/sd/prometheus" => (Route::PrometheusSd, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
         "/" => (Route::Dashboard, "GET"),
         _ => match path.strip_prefix("/etcd/services/") {
@@ -182,6 +200,6 @@ mod tests {
         for (_, path, _) in ROUTES {
             assert!(listing.contains(path));
         }
-        assert_eq!(listing.lines().count(), 11);
+        assert_eq!(listing.lines().count(), 13);
     }
 }

@@ -1,5 +1,6 @@
 //! Validation of a WebSocket upgrade before any handshake: parameters (400), the Upgrade header
-//! (426) and the WebSocket key and version (400).
+//! (426) and the WebSocket key and version (400); and of an event stream request: parameters
+//! (400) and the Accept header (406).
 
 use tiny_http::Request;
 use tungstenite::handshake::derive_accept_key;
@@ -8,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::http::query::Query;
 use crate::http::route::Route;
 use crate::names::{Host, Node, parse_monitor_list, parse_port, validate_service};
-use crate::session::SocketPlan;
+use crate::session::{Protocol, SocketPlan};
 
 /// Validates an upgrade request for the register or monitor route.
 pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPlan> {
@@ -35,8 +36,51 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
     Ok(SocketPlan {
         registration,
         services,
-        accept_key: derive_accept_key(key.trim().as_bytes()),
+        protocol: Protocol::WebSocket {
+            accept_key: derive_accept_key(key.trim().as_bytes()),
+        },
         route: route.label(),
+    })
+}
+
+/// Validates a request for the event stream route (`/etcd/watch`).
+pub fn event_stream_plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPlan> {
+    // A HEAD would get the head and then the stream: only GET opens one.
+    if request.method() != &tiny_http::Method::Get {
+        return Err(Error::MethodNotAllowed("GET"));
+    }
+    let (registration, services) = parameters(route, query)?;
+    let accept = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Accept"))
+        .map(|h| h.value.as_str());
+    if !accept.is_none_or(accepts_event_stream) {
+        return Err(Error::NotAcceptable(
+            "this route answers text/event-stream; send Accept: text/event-stream".into(),
+        ));
+    }
+    Ok(SocketPlan {
+        registration,
+        services,
+        protocol: Protocol::EventStream,
+        route: route.label(),
+    })
+}
+
+/// Whether an `Accept` header admits `text/event-stream` (itself, `text/*` or `*/*`, not
+/// with `q=0`).
+fn accepts_event_stream(accept: &str) -> bool {
+    accept.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let refused = parts.any(|param| {
+            param
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        !refused && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
     })
 }
 
@@ -58,7 +102,7 @@ pub fn parameters(route: &Route, query: &Query) -> Result<Parameters> {
             }
             Ok((Some((service.to_owned(), Node { host, port })), services))
         }
-        Route::Monitor => {
+        Route::Monitor | Route::Watch => {
             let services = parse_monitor_list(query.require("monitor")?)?;
             if services.is_empty() {
                 return Err(Error::BadRequest("monitor names no service".into()));
@@ -109,6 +153,23 @@ mod tests {
             let err = params(Route::Register, query).unwrap_err();
             assert_eq!(err.status(), 400, "{query}");
         }
+    }
+
+    #[test]
+    fn event_streams_need_an_accept_that_admits_them() {
+        for accept in [
+            "text/event-stream",
+            "*/*",
+            "text/html, text/*;q=0.5",
+            "TEXT/EVENT-STREAM",
+        ] {
+            assert!(accepts_event_stream(accept), "{accept}");
+        }
+        for accept in ["application/json", "text/event-stream;q=0", "text/html"] {
+            assert!(!accepts_event_stream(accept), "{accept}");
+        }
+        assert_eq!(params(Route::Watch, "monitor=a").unwrap().1, ["a"]);
+        assert_eq!(params(Route::Watch, "").unwrap_err().status(), 400);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::doorbell::Doorbell;
 use super::wire::{SendNow, Wire};
-use crate::message::Frame;
+use crate::message::{Frame, Framing};
 use crate::metrics;
 
 /// The sending half of a socket: its connection (once the handshake is done), its bounded
@@ -19,6 +19,7 @@ pub struct Mailbox {
     queue: Sender<Frame>,
     capacity: usize,
     doorbell: Arc<Doorbell>,
+    framing: Framing,
 }
 
 /// A message could not be handed to a socket.
@@ -44,8 +45,15 @@ impl Mailbox {
             queue,
             capacity,
             doorbell,
+            framing: Framing::WebSocket,
         };
         (mailbox, inbox)
+    }
+
+    /// The same mailbox, for a connection that carries messages in `framing`.
+    pub fn with_framing(mut self, framing: Framing) -> Mailbox {
+        self.framing = framing;
+        self
     }
 
     /// Writes `frame` to the connection at once if it can, without waiting (see
@@ -62,7 +70,7 @@ impl Mailbox {
             }
             nothing_queued
         };
-        match self.wire.try_send_now(frame.wire(), send_now) {
+        match self.wire.try_send_now(frame.framed(self.framing), send_now) {
             SendNow::Sent => return Ok(()),
             SendNow::Backlogged => {
                 self.doorbell.ring();

@@ -7,6 +7,7 @@
 
 pub mod close_code;
 pub mod doorbell;
+pub mod event_stream;
 pub mod mailbox;
 pub mod stream;
 pub mod wire;

@@ -5,6 +5,8 @@ mod support;
 mod access;
 mod bad_input;
 mod cli;
+mod discovery;
+mod dns;
 mod events;
 mod failover;
 mod faults;

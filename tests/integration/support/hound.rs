@@ -38,6 +38,8 @@ const HOUND_ENV: &[&str] = &[
     "HOUND_ALLOW_ORIGIN",
     "HOUND_LOG",
     "HOUND_LOG_FORMAT",
+    "HOUND_DNS_PORT",
+    "HOUND_DNS_DOMAIN",
 ];
 
 /// A `Command` for the hound binary with a clean hound environment.

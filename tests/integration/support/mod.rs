@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Not every test module uses every helper.
 
 mod backend;
+mod dns;
 mod etcd;
 mod hound;
 mod http;
@@ -19,6 +20,7 @@ mod ws;
 mod ws_pool;
 
 pub use backend::*;
+pub use dns::*;
 pub use etcd::*;
 pub use hound::*;
 pub use http::*;

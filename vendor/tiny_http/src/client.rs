@@ -212,13 +212,23 @@ impl ClientConnection {
         let mut data_source = self.source.next().unwrap();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
-        // hound patch: an upgraded connection's reader is kept whole, and typed, so that
-        // `Request::upgrade_into_tcp` can take the socket out of it.
+        // hound patch: the connection's reader is kept whole, and typed, for an upgrade
+        // request (the rest of the connection is its body) and for a request without a body
+        // (nothing of the connection is), so that `Request::upgrade_into_tcp` and
+        // `Request::respond_head_and_hand_over` can take the socket out of it. Until such a
+        // request is answered, the connection's next request waits unread.
         let upgrade = headers
             .iter()
             .find(|h: &&crate::Header| h.field.equiv("Connection"))
             .map_or(false, |h| h.value.as_str().to_ascii_lowercase().contains("upgrade"));
-        let (body_source, upgrade_source) = if upgrade {
+        let bodiless = !headers
+            .iter()
+            .any(|h: &crate::Header| h.field.equiv("Transfer-Encoding"))
+            && headers
+                .iter()
+                .find(|h: &&crate::Header| h.field.equiv("Content-Length"))
+                .map_or(true, |h| h.value.as_str().trim() == "0");
+        let (body_source, upgrade_source) = if upgrade || bodiless {
             (None, Some(data_source))
         } else {
             (Some(data_source), None)
@@ -238,7 +248,7 @@ impl ClientConnection {
             ),
             writer,
         )
-        .map(|request| request.with_upgrade_source(upgrade_source))
+        .map(|request| request.with_upgrade_source(upgrade_source, upgrade))
         .map_err(|e| {
             use crate::request;
             match e {

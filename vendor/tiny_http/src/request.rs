@@ -75,9 +75,13 @@ pub struct Request {
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
 
-    // hound patch: for a `Connection: upgrade` request read from a connection, the whole rest
-    // of the connection (then `data_reader` is empty until `as_reader` asks for it)
+    // hound patch: for a `Connection: upgrade` request or a request without a body read from
+    // a connection, the whole rest of the connection (for an upgrade, `data_reader` is empty
+    // until `as_reader` asks for it)
     upgrade_source: Option<UpgradeSource>,
+
+    // hound patch: `upgrade_source` is the request's body (`Connection: upgrade`)
+    upgrade_body: bool,
 }
 
 /// hound patch: the reader of a connection, positioned just after an upgrade request's head.
@@ -246,6 +250,7 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
         upgrade_source: None,
+        upgrade_body: false,
     })
 }
 
@@ -484,9 +489,10 @@ impl Request {
         self
     }
 
-    /// hound patch: see `upgrade_source`.
-    pub(crate) fn with_upgrade_source(mut self, source: Option<UpgradeSource>) -> Self {
+    /// hound patch: see `upgrade_source`; `is_body` for a `Connection: upgrade` request.
+    pub(crate) fn with_upgrade_source(mut self, source: Option<UpgradeSource>, is_body: bool) -> Self {
         self.upgrade_source = source;
+        self.upgrade_body = is_body;
         self
     }
 
@@ -500,9 +506,38 @@ impl Request {
     /// response is not sent then), and when the response cannot be sent; the connection is
     /// closed on failure.
     pub fn upgrade_into_tcp<R: Read>(
-        mut self,
+        self,
         protocol: &str,
         response: Response<R>,
+    ) -> io::Result<(TcpStream, Vec<u8>)> {
+        if !self.upgrade_body {
+            let what = "not a `Connection: upgrade` request";
+            return Err(IoError::new(ErrorKind::Unsupported, what));
+        }
+        self.hand_over(|writer, version, headers| {
+            response.raw_print(writer, version, headers, false, Some(protocol))
+        })
+    }
+
+    /// hound patch: sends `response`'s status line and headers with `Connection: close` and no
+    /// length or transfer encoding, then hands the connection itself to the caller as
+    /// `upgrade_into_tcp` does: the response's body is whatever the caller writes to the
+    /// connection until it closes it (a stream of server-sent events, say). The response's own
+    /// body is not sent.
+    ///
+    /// Fails for a request with a body, on TLS and Unix connections (the response is not sent
+    /// then), and when the head cannot be sent; the connection is closed on failure.
+    pub fn respond_head_and_hand_over<R: Read>(
+        self,
+        response: Response<R>,
+    ) -> io::Result<(TcpStream, Vec<u8>)> {
+        self.hand_over(|writer, version, _| response.raw_print_head_until_close(writer, &version))
+    }
+
+    /// hound patch: the hand-over both methods above make; `print` writes the response.
+    fn hand_over(
+        mut self,
+        print: impl FnOnce(&mut dyn Write, HTTPVersion, &[Header]) -> io::Result<()>,
     ) -> io::Result<(TcpStream, Vec<u8>)> {
         let unsupported = |what| IoError::new(ErrorKind::Unsupported, what);
         if self.secure || self.remote_addr.is_none() {
@@ -511,7 +546,7 @@ impl Request {
         let source = self
             .upgrade_source
             .take()
-            .ok_or_else(|| unsupported("not a `Connection: upgrade` request"))?;
+            .ok_or_else(|| unsupported("a request with a body cannot be handed over"))?;
         let reader = source
             .into_inner()
             .ok_or_else(|| unsupported("an earlier request still reads the connection"))?;
@@ -524,13 +559,7 @@ impl Request {
             .into_tcp()
             .ok_or_else(|| unsupported("not a TCP connection"))??;
         let mut writer = self.extract_writer_impl();
-        response.raw_print(
-            writer.by_ref(),
-            self.http_version.clone(),
-            &self.headers,
-            false,
-            Some(protocol),
-        )?;
+        print(&mut writer, self.http_version.clone(), &self.headers)?;
         writer.flush()?;
         drop(writer);
         stream.set_read_timeout(None)?;
@@ -540,6 +569,9 @@ impl Request {
 
     /// hound patch: an upgrade request's body is the rest of the connection, as in 0.12.
     fn take_upgrade_source(&mut self) {
+        if !self.upgrade_body {
+            return;
+        }
         if let Some(source) = self.upgrade_source.take() {
             self.data_reader = Some(Box::new(source));
         }

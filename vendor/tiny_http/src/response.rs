@@ -453,6 +453,28 @@ where
         Ok(())
     }
 
+    /// hound patch: writes the status line and headers only, with `Date`, `Server` and
+    /// `Connection: close`, and no `Content-Length` or `Transfer-Encoding`: the body that
+    /// follows ends when the connection closes (RFC 9112, section 6.3).
+    pub(crate) fn raw_print_head_until_close<W: Write>(
+        mut self,
+        mut writer: W,
+        http_version: &HTTPVersion,
+    ) -> IoResult<()> {
+        if !self.headers.iter().any(|h| h.field.equiv("Date")) {
+            self.headers.insert(0, build_date_header());
+        }
+        if !self.headers.iter().any(|h| h.field.equiv("Server")) {
+            self.headers.insert(
+                0,
+                Header::from_bytes(&b"Server"[..], &b"tiny-http (Rust)"[..]).unwrap(),
+            );
+        }
+        self.headers
+            .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        write_message_header(writer.by_ref(), http_version, &self.status_code, &self.headers)
+    }
+
     /// Retrieves the current value of the `Response` status code
     pub fn status_code(&self) -> StatusCode {
         self.status_code
