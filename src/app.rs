@@ -14,7 +14,7 @@ use crate::embedded::Embedded;
 use crate::error::{Error, Result};
 use crate::etcd::{Etcd, Settings};
 use crate::http::budget::EventBudget;
-use crate::http::listener::Listener;
+use crate::http::listener::{ConnectionCaps, Listener};
 use crate::hub::Hub;
 use crate::socket::close_code;
 use crate::store::Store;
@@ -49,9 +49,13 @@ impl App {
             }
         };
         let fd_budget = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
-        let max_connections = config.max_connections.unwrap_or(fd_budget).max(1);
-        log::debug!("open file limit {fd_limit}; at most {max_connections} connections");
-        let listener = Listener::bind(config.listen, config.idle_timeout, max_connections)
+        let caps = ConnectionCaps::new(config.max_connections, fd_budget);
+        log::debug!(
+            "open file limit {fd_limit}; at most {} connections ({} for /healthz and /metrics)",
+            caps.requests,
+            caps.accepted
+        );
+        let listener = Listener::bind(config.listen, config.idle_timeout, caps)
             .map_err(|err| Error::Config(format!("cannot listen on {}: {err}", config.listen)))?;
         let local_addr = listener.local_addr();
         let hub = Arc::new(Hub::default());

@@ -174,7 +174,7 @@ fn open(
             respond_error(
                 request,
                 plan.route,
-                &Error::Internal(format!("cannot create an eventfd: {err}")),
+                &Error::Internal(format!("cannot set up the socket thread's doorbell: {err}")),
             );
             return None;
         }

@@ -140,9 +140,14 @@ impl EventBudget {
                 allowance.refill(now);
                 !allowance.is_full()
             });
+            // Still full of busy clients (thousands of them): forget them all, which errs on
+            // the lenient side, rather than scan the map on every event.
+            if state.clients.len() >= TRACKED_CLIENTS / 2 {
+                state.clients.clear();
+            }
         }
         let State { total, clients } = &mut *state;
-        let own = clients.entry(client).or_insert_with(|| {
+        let own = clients.entry(client_key(client)).or_insert_with(|| {
             Allowance::new(limits.per_client_events, limits.per_client_bytes, now)
         });
         own.refill(now);
@@ -154,6 +159,18 @@ impl EventBudget {
         own.spend(bytes);
         total.spend(bytes);
         Ok(())
+    }
+}
+
+/// Whom a budget belongs to: an IPv4 address, or an IPv6 /64 (one host can hold a whole /64
+/// and would otherwise get a new budget with every address it takes).
+fn client_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
     }
 }
 
@@ -201,6 +218,22 @@ mod tests {
             budget.spend(B, 10, later).is_ok(),
             "B's refusal did not spend its own"
         );
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client() {
+        let budget = budget();
+        let now = Instant::now();
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let other: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert!(budget.spend(a, 10, now).is_ok());
+        assert!(budget.spend(b, 10, now).is_ok());
+        assert!(
+            budget.spend(a, 10, now).is_err(),
+            "same /64: its 2 are spent"
+        );
+        assert!(budget.spend(other, 10, now).is_ok(), "another /64");
     }
 
     #[test]

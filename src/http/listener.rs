@@ -34,6 +34,30 @@ fn headroom(max_connections: usize) -> usize {
     32 + max_connections / 32
 }
 
+/// How many connections hound serves: `requests` for every route, `accepted` (more) for
+/// `/healthz` and `/metrics`; past `accepted`, tiny_http answers 503 at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    pub requests: usize,
+    pub accepted: usize,
+}
+
+impl ConnectionCaps {
+    /// From `--max-connections` if given, else from the descriptors hound may spend on
+    /// connections (one each); either way what is accepted fits in those descriptors, so
+    /// hound refuses at accept before it runs out of them.
+    pub fn new(max_connections: Option<usize>, fd_budget: usize) -> ConnectionCaps {
+        let fd_budget = fd_budget.max(1);
+        let requests = max_connections
+            .unwrap_or_else(|| fd_budget.saturating_sub(headroom(fd_budget)))
+            .max(1);
+        let accepted = requests
+            .saturating_add(headroom(requests))
+            .min(fd_budget.max(requests));
+        ConnectionCaps { requests, accepted }
+    }
+}
+
 /// An upgraded connection, handed over by tiny_http: the socket, and whatever the client sent
 /// after its request head that tiny_http had already read.
 #[derive(Debug)]
@@ -77,12 +101,12 @@ impl Listener {
     pub fn bind(
         addr: SocketAddr,
         idle_timeout: Duration,
-        max_connections: usize,
+        caps: ConnectionCaps,
     ) -> io::Result<Listener> {
         let socket = listen(addr)?;
         let local_addr = socket.local_addr()?;
         let sockets = Arc::new(AtomicUsize::new(0));
-        let hard_cap = max_connections.saturating_add(headroom(max_connections));
+        let (max_connections, hard_cap) = (caps.requests, caps.accepted);
         let over_capacity = Error::Overloaded(format!(
             "too many open connections (limit {max_connections}, and {hard_cap} for /healthz \
              and /metrics)"
@@ -202,4 +226,23 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     bind(&socket, &addr)?;
     rustix::net::listen(&socket, LISTEN_BACKLOG)?;
     Ok(TcpListener::from(socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_accepted_fits_in_the_descriptors() {
+        let by_descriptors = ConnectionCaps::new(None, 19_744);
+        assert_eq!(by_descriptors.requests, 19_744 - 649);
+        assert!(by_descriptors.accepted <= 19_744);
+        assert!(by_descriptors.accepted > by_descriptors.requests);
+        let given = ConnectionCaps::new(Some(100), 19_744);
+        assert_eq!((given.requests, given.accepted), (100, 135));
+        // A cap above the descriptors: at least the cap itself is accepted.
+        let above = ConnectionCaps::new(Some(50_000), 19_744);
+        assert_eq!((above.requests, above.accepted), (50_000, 50_000));
+        assert_eq!(ConnectionCaps::new(None, 0).requests, 1);
+    }
 }

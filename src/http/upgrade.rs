@@ -28,6 +28,17 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
     {
         return Err(Error::UpgradeRequired);
     }
+    // Checked before anything is registered: without it tiny_http cannot hand the connection
+    // over, and a registration would take over a live socket only to fail.
+    let connection_upgrade = request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("Connection"))
+        .flat_map(|h| h.value.as_str().split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return Err(Error::UpgradeRequired);
+    }
     let key = header("Sec-WebSocket-Key")
         .ok_or_else(|| Error::BadRequest("Sec-WebSocket-Key header is missing".into()))?;
     if header("Sec-WebSocket-Version").as_deref().map(str::trim) != Some("13") {

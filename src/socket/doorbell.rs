@@ -7,26 +7,29 @@
 //! `ppoll` (an atomic unblock-and-wait), so a ring that comes while the thread is busy stays
 //! pending and ends its next wait at once: no ring is lost, and no other system call on the
 //! thread is ever interrupted. Other threads never receive it (`tgkill` names the thread).
+//!
+//! The signal is SIGURG: a standard signal is pending at most once (a real-time one queues an
+//! entry per ring, which piles up while the socket is busy, and past the user's
+//! `RLIMIT_SIGPENDING` rings fail); hound uses no out-of-band data, so nothing else sends it; and
+//! its default action is to be ignored, so a stray one can never end the process.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Once;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
-/// Which signal rings doorbells: a real-time one, unused by glibc, Rust's runtime and hound's
-/// dependencies. Its handler does nothing; the interruption is the message.
-fn wake_signal() -> libc::c_int {
-    libc::SIGRTMIN() + 1
-}
+/// Which signal rings doorbells (see the module's notes). Its handler does nothing; the
+/// interruption is the message.
+const WAKE_SIGNAL: libc::c_int = libc::SIGURG;
 
 extern "C" fn on_wake_signal(_: libc::c_int) {}
 
-/// Installs the do-nothing handler once per process (the default action would end it).
+/// Installs the do-nothing handler once per process: ignored, the signal would not interrupt
+/// `ppoll` at all. Every later call gets the first call's result.
 fn install_handler() -> io::Result<()> {
-    static INSTALL: Once = Once::new();
-    let mut result = Ok(());
-    INSTALL.call_once(|| {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
         // SAFETY: `action` is fully initialised (zeroed, then handler, flags and an empty mask
         // set); the handler is async-signal-safe because it does nothing.
         let status = unsafe {
@@ -34,13 +37,15 @@ fn install_handler() -> io::Result<()> {
             action.sa_sigaction = on_wake_signal as *const () as libc::sighandler_t;
             action.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(wake_signal(), &action, std::ptr::null_mut())
+            libc::sigaction(WAKE_SIGNAL, &action, std::ptr::null_mut())
         };
-        if status != 0 {
-            result = Err(io::Error::last_os_error());
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
         }
     });
-    result
+    result.map_err(io::Error::from_raw_os_error)
 }
 
 /// A socket thread's doorbell: the fan-out rings it after queueing a message, and anyone may
@@ -66,12 +71,12 @@ impl Doorbell {
             let mut block: libc::sigset_t = std::mem::zeroed();
             let mut previous: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut block);
-            libc::sigaddset(&mut block, wake_signal());
+            libc::sigaddset(&mut block, WAKE_SIGNAL);
             let status = libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut previous);
             if status != 0 {
                 return Err(io::Error::from_raw_os_error(status));
             }
-            libc::sigdelset(&mut previous, wake_signal());
+            libc::sigdelset(&mut previous, WAKE_SIGNAL);
             previous
         };
         Ok(Doorbell {
@@ -91,7 +96,7 @@ impl Doorbell {
         // stops ringing a socket before its thread ends), so the id names our socket thread;
         // an error (the thread just ended) needs no handling.
         unsafe {
-            libc::syscall(libc::SYS_tgkill, libc::getpid(), self.thread, wake_signal());
+            libc::syscall(libc::SYS_tgkill, libc::getpid(), self.thread, WAKE_SIGNAL);
         }
     }
 
@@ -114,7 +119,10 @@ impl Doorbell {
     /// Forgets the rings so far: call it before looking at what they announced (the queue, a
     /// close request), so that a ring after the look wakes the next [`Doorbell::wait`].
     pub fn answer(&self) {
-        self.rung.store(false, Ordering::Release);
+        // A read-modify-write, not a store: a ringer whose swap finds `true` is then ordered
+        // before this, so whatever it published (a close request) is seen by the look that
+        // follows; one whose swap comes after finds `false` and sends the signal.
+        self.rung.swap(false, Ordering::AcqRel);
     }
 
     /// Sleeps until `socket` has one of `events` (any error or hang-up too), the doorbell rings,

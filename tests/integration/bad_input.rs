@@ -305,3 +305,49 @@ fn a_malformed_percent_escape_in_a_query_is_400_and_registers_nothing() {
     assert_namespace_empty(&mut client, &hound, "after a malformed escape");
     assert_eq!(hound.nodes("api"), pairs(&[]));
 }
+
+/// An upgrade without `Connection: Upgrade` cannot be handed over by tiny_http: it must be
+/// refused (426) before anything is registered, not register, take over the live socket of the
+/// same node and then fail.
+#[test]
+fn an_upgrade_without_connection_upgrade_is_426_and_takes_nothing_over() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &["--ttl", "30"]);
+    let mut client = etcd.client();
+    let mut live = register(&hound, "api", "10.0.0.1", 80);
+    expect_message(&mut live, &key_event("api", "SYNC", &[("10.0.0.1", 80)]));
+    let path = register_path("api", "10.0.0.1", 80);
+    for connection in ["", "Connection: keep-alive\r\n"] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n{connection}\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            hound.addr()
+        );
+        let answer = raw_exchange(hound.addr(), request.as_bytes(), Duration::from_secs(2));
+        read_response(&mut &answer[..])
+            .expect("an HTTP answer")
+            .assert_error(426);
+    }
+    // Nothing was taken over: the live socket hears nothing and still owns the key.
+    expect_no_message(&mut live, QUIET);
+    assert!(registered(&mut client, &hound, "api", "10.0.0.1:80"));
+    // Split over two lines, the token still counts.
+    let split = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        hound.addr()
+    );
+    let answer = raw_exchange(hound.addr(), split.as_bytes(), Duration::from_millis(500));
+    assert!(
+        answer.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // That one took the node over; the first two took nothing.
+    assert_eq!(
+        read_close(&mut live, PROMPT),
+        Some((4000, "superseded".to_owned()))
+    );
+}

@@ -301,3 +301,91 @@ fn max_connections_counts_each_connection_once() {
         hound.get("/etcd/services").status == 200
     });
 }
+
+/// With no thread to be had for a new connection (a low process limit), tiny_http 0.12
+/// panicked holding its queue's lock, which killed every pool thread and the accept thread:
+/// the port refused connections for good. Now the connection is dropped and hound serves again
+/// as soon as threads are free. (hound runs as `nobody` here: root ignores RLIMIT_NPROC.)
+#[test]
+fn running_out_of_threads_costs_connections_not_the_port() {
+    let _w = watchdog();
+    let port = free_port();
+    /// Kills the hound however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _hound = Killed(
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "prlimit",
+            ])
+            .args(["--nproc=40:40", "--", env!("CARGO_BIN_EXE_hound")])
+            .args([
+                "--embedded",
+                "-p",
+                &port.to_string(),
+                "--log-level",
+                "error",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("setpriv and prlimit (util-linux)"),
+    );
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let healthy = |within| {
+        try_request_within(addr, "GET", "/healthz", &[], b"", within)
+            .is_ok_and(|answer| answer.status == 200)
+    };
+    poll_until(PROMPT, "hound to start", || {
+        healthy(Duration::from_millis(500))
+    });
+    // Each idle connection holds a thread: far more than 40 are asked for.
+    let idle: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(idle);
+    poll_until(
+        Duration::from_secs(10),
+        "hound to serve again once its threads were free",
+        || healthy(Duration::from_secs(1)),
+    );
+}
+
+/// One connection that pipelines requests and never reads the answers: 0.12 read them all
+/// ahead into an unbounded queue (1.85 GB in 10 s) and tied up every HTTP worker. Now a
+/// connection's next request is read only once the previous one is answered.
+#[test]
+fn a_client_that_pipelines_and_never_reads_costs_hound_nothing() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let mut hound = Hound::start(&etcd, &[]);
+    let (_, rss_before) = threads_and_rss_kib(&hound);
+    let mut greedy = TcpStream::connect(hound.addr()).expect("connect");
+    greedy.set_nonblocking(true).expect("non-blocking");
+    let requests = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(1000);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut sent = 0;
+    while Instant::now() < until && sent < 64 * 1024 * 1024 {
+        match greedy.write(requests.as_bytes()) {
+            Ok(n) => sent += n,
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    assert_responsive(&mut hound);
+    let (_, rss_after) = threads_and_rss_kib(&hound);
+    eprintln!("pipelining: {sent} bytes of requests sent; RSS {rss_before} -> {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "hound's memory grew from {rss_before} to {rss_after} KiB"
+    );
+}

@@ -217,10 +217,12 @@ impl ClientConnection {
         // (nothing of the connection is), so that `Request::upgrade_into_tcp` and
         // `Request::respond_head_and_hand_over` can take the socket out of it. Until such a
         // request is answered, the connection's next request waits unread.
+        // Any `Connection` line may carry the token (`Connection: keep-alive` then
+        // `Connection: Upgrade` is one header, RFC 9110 5.3).
         let upgrade = headers
             .iter()
-            .find(|h: &&crate::Header| h.field.equiv("Connection"))
-            .map_or(false, |h| h.value.as_str().to_ascii_lowercase().contains("upgrade"));
+            .filter(|h: &&crate::Header| h.field.equiv("Connection"))
+            .any(|h| h.value.as_str().to_ascii_lowercase().contains("upgrade"));
         let bodiless = !headers
             .iter()
             .any(|h: &crate::Header| h.field.equiv("Transfer-Encoding"))
@@ -241,7 +243,17 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            // hound patch: a client that reset its connection before it was accepted has no
+            // address; 0.12 panicked here.
+            match &self.remote_addr {
+                Ok(addr) => *addr,
+                Err(err) => {
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        err.kind(),
+                        err.to_string(),
+                    )))
+                }
+            },
             body_source.map_or_else(
                 || Box::new(std::io::empty()) as Box<dyn Read + Send>,
                 |source| Box::new(source) as Box<dyn Read + Send>,

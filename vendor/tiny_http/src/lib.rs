@@ -404,7 +404,7 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
+                        let spawned = tasks_pool.spawn(Box::new(move || {
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -420,6 +420,12 @@ impl Server {
                                 }
                             }
                         }));
+                        // hound patch: no thread to be had: this connection is closed (it
+                        // went down with the task), the accept thread carries on.
+                        if let Err(err) = spawned {
+                            log::error!("Error starting a thread for a new client: {}", err);
+                            thread::sleep(Duration::from_millis(50));
+                        }
                     }
 
                     // hound patch: out of descriptors or memory, or a connection reset

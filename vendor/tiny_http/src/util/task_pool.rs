@@ -58,7 +58,10 @@ impl TaskPool {
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            // hound patch: a pool short of its idle threads still works (it spawns on demand).
+            if let Err(err) = pool.add_thread(None) {
+                log::error!("cannot start an idle pool thread: {}", err);
+            }
         }
 
         pool
@@ -66,25 +69,29 @@ impl TaskPool {
 
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
-        let mut queue = self.sharing.todo.lock().unwrap();
-
-        // hound patch: a thread that was woken for a queued task still counts as waiting
-        // until it takes it, so only waiting threads beyond the queued tasks are free. 0.12
-        // compared with zero and could queue a connection behind a busy thread for as long
-        // as that thread's keep-alive connection lived.
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
-        } else {
-            queue.push_back(code);
-            self.sharing.condvar.notify_one();
+    ///
+    /// hound patch: fails (dropping `code`) when no thread can be started; 0.12 panicked,
+    /// holding the queue's lock, which took every pool thread and the accept thread down.
+    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) -> std::io::Result<()> {
+        {
+            let mut queue = lock(&self.sharing.todo);
+            // hound patch: a thread that was woken for a queued task still counts as waiting
+            // until it takes it, so only waiting threads beyond the queued tasks are free.
+            // 0.12 compared with zero and could queue a connection behind a busy thread for as
+            // long as that thread's keep-alive connection lived.
+            if self.sharing.waiting_tasks.load(Ordering::Acquire) > queue.len() {
+                queue.push_back(code);
+                self.sharing.condvar.notify_one();
+                return Ok(());
+            }
         }
+        self.add_thread(Some(code))
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) -> std::io::Result<()> {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -94,7 +101,7 @@ impl TaskPool {
 
             loop {
                 let mut task: Box<dyn FnMut() + Send> = {
-                    let mut todo = sharing.todo.lock().unwrap();
+                    let mut todo = lock(&sharing.todo);
 
                     let task;
                     loop {
@@ -106,13 +113,16 @@ impl TaskPool {
 
                         let received =
                             if sharing.active_tasks.load(Ordering::Acquire) <= MIN_THREADS {
-                                todo = sharing.condvar.wait(todo).unwrap();
+                                todo = sharing
+                                    .condvar
+                                    .wait(todo)
+                                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                                 true
                             } else {
                                 let (new_lock, waitres) = sharing
                                     .condvar
                                     .wait_timeout(todo, Duration::from_millis(5000))
-                                    .unwrap();
+                                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                                 todo = new_lock;
                                 !waitres.timed_out()
                             };
@@ -127,8 +137,14 @@ impl TaskPool {
 
                 task();
             }
-        });
+        })?;
+        Ok(())
     }
+}
+
+/// hound patch: a task that panicked must not poison the queue for every other thread.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for TaskPool {
