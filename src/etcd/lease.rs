@@ -11,7 +11,7 @@ use tokio::task::spawn_local;
 use tokio::time::{Instant, sleep, timeout};
 
 use super::backoff::{Backoff, Throttle};
-use super::members::{Member, Members, lease_not_found};
+use super::members::{Member, Members, lease_not_found, no_space};
 use crate::error::Result;
 use crate::metrics;
 use crate::names::Node;
@@ -139,17 +139,26 @@ pub(super) async fn delete(
     deadline: Option<Instant>,
 ) {
     let deadline = deadline.unwrap_or_else(|| Instant::now() + CLEANUP_PATIENCE);
-    let txn = Txn::new()
-        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
-        .and_then([
-            TxnOp::delete(key.as_str(), None),
-            TxnOp::put(tombstone, "", Some(PutOptions::new().with_lease(lease))),
-        ]);
+    let still_ours = Compare::lease(key.as_str(), CompareOp::Equal, lease);
+    let txn = Txn::new().when([still_ours.clone()]).and_then([
+        TxnOp::delete(key.as_str(), None),
+        TxnOp::put(tombstone, "", Some(PutOptions::new().with_lease(lease))),
+    ]);
+    // etcd out of space (NOSPACE) refuses the tombstone's put but not a deletion: the key
+    // goes at once all the same, though others may then report EXPIRE.
+    let bare = Txn::new()
+        .when([still_ours])
+        .and_then([TxnOp::delete(key.as_str(), None)]);
     // Repeating it is safe: once the key is gone the comparison fails and nothing is written.
     let deleted = members
         .call_until(deadline, |mut client| {
-            let txn = txn.clone();
-            async move { client.txn(txn).await }
+            let (txn, bare) = (txn.clone(), bare.clone());
+            async move {
+                match client.txn(txn).await {
+                    Err(err) if no_space(&err) => client.txn(bare).await,
+                    done => done,
+                }
+            }
         })
         .await;
     if let Err(err) = deleted {

@@ -634,6 +634,16 @@ mod tests {
         );
         health.set(&hub, &EventFeed::health(&health).watched, true, None);
         assert_eq!(reason(&hub), "ok");
+        *health.alarms.borrow_mut() = "NOSPACE (member 8e9e)".into();
+        health.publish(&hub);
+        assert_eq!(
+            reason(&hub),
+            "etcd raised an alarm: NOSPACE (member 8e9e); it refuses writes until an operator \
+             clears it"
+        );
+        health.alarms.borrow_mut().clear();
+        health.publish(&hub);
+        assert_eq!(reason(&hub), "ok");
         assert_eq!(
             (ServiceFeed::NAME, EventFeed::NAME),
             (SERVICE_WATCH, EVENT_WATCH)

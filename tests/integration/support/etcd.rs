@@ -20,6 +20,8 @@ pub struct Etcd {
     /// and token (a single member lists only itself).
     name: String,
     cluster: Option<(String, String)>,
+    /// Further flags, e.g. `--quota-backend-bytes`.
+    extra_args: Vec<String>,
 }
 
 impl Etcd {
@@ -32,16 +34,21 @@ impl Etcd {
 
     /// Starts etcd and waits until it answers `/health`.
     pub fn start() -> Etcd {
-        Etcd::start_with(None)
+        Etcd::start_with(None, &[])
+    }
+
+    /// Starts etcd with further flags (`--quota-backend-bytes 1048576`, say).
+    pub fn start_with_args(args: &[&str]) -> Etcd {
+        Etcd::start_with(None, args)
     }
 
     /// Starts a new single-member cluster on `client_port` (the address of a killed member,
     /// say) and waits until it answers `/health`.
     pub fn start_on(client_port: u16) -> Etcd {
-        Etcd::start_with(Some(client_port))
+        Etcd::start_with(Some(client_port), &[])
     }
 
-    fn start_with(client_port: Option<u16>) -> Etcd {
+    fn start_with(client_port: Option<u16>, args: &[&str]) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("hound-test-etcd-")
             .tempdir()
@@ -53,6 +60,7 @@ impl Etcd {
             dir,
             name: "default".to_owned(),
             cluster: None,
+            extra_args: args.iter().map(|&arg| arg.to_owned()).collect(),
         };
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -119,6 +127,7 @@ impl Etcd {
                 "--election-timeout",
                 timing[1],
             ])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
@@ -271,6 +280,7 @@ impl EtcdCluster {
                         .expect("create etcd temp dir"),
                     name: format!("m{n}"),
                     cluster: None,
+                    extra_args: Vec::new(),
                 })
                 .collect();
             let mut ports: Vec<u16> = members
@@ -389,6 +399,55 @@ impl EtcdClient {
             .block_on(async { tokio::time::timeout(Self::CALL, call(client)).await })
             .unwrap_or_else(|_| panic!("etcd {what} timed out"))
             .unwrap_or_else(|err| panic!("etcd {what} failed: {err}"))
+    }
+
+    /// Puts `value` under `key`, or says why etcd refused it.
+    pub fn try_put(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        let client = self.client.clone();
+        let put = async move {
+            let mut client = client;
+            tokio::time::timeout(Self::CALL, client.put(key, value, None)).await
+        };
+        match self.runtime.block_on(put) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// Every alarm raised on the cluster, as `(member id, alarm name)`.
+    pub fn alarms(&mut self) -> Vec<(u64, String)> {
+        use etcd_client::{AlarmAction, AlarmType};
+        let response = self.call("alarm list", |mut c| async move {
+            c.alarm(AlarmAction::Get, AlarmType::None, None).await
+        });
+        response
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm().as_str_name().to_owned()))
+            .collect()
+    }
+
+    /// Clears every alarm, as `etcdctl alarm disarm` does.
+    pub fn disarm_alarms(&mut self) {
+        use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+        let raised = self.call("alarm list", |mut c| async move {
+            c.alarm(AlarmAction::Get, AlarmType::None, None).await
+        });
+        for alarm in raised.alarms() {
+            let mut options = AlarmOptions::new();
+            options.with_member(alarm.member_id());
+            let kind = alarm.alarm();
+            self.call("alarm disarm", |mut c| async move {
+                c.alarm(AlarmAction::Deactivate, kind, Some(options)).await
+            });
+        }
+    }
+
+    /// Defragments the member this client talks to, giving compacted space back.
+    pub fn defragment(&mut self) {
+        self.call("defragment", |mut c| async move { c.defragment().await });
     }
 
     pub fn put(&mut self, key: &str, value: &str) {
