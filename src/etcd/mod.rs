@@ -8,6 +8,7 @@ mod backoff;
 mod events;
 mod health;
 mod lease;
+mod marker;
 mod members;
 mod registry;
 mod watch;

@@ -237,6 +237,32 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Starts etcd again with an empty data dir, as [`Etcd::restart_empty`] does, but first on
+    /// another client port, where `fill` writes to it while nobody else can reach it; then on
+    /// its own ports again. Clients come back to a store that has the old one's identity
+    /// (member name, peer URL, cluster id) and whatever revision `fill` took it to.
+    pub fn restart_empty_with(&mut self, fill: impl FnOnce(&mut EtcdClient)) {
+        self.kill();
+        std::fs::remove_dir_all(self.data_dir()).expect("wipe etcd data dir");
+        let own_port = self.client_port;
+        self.client_port = free_port();
+        let hidden = self.client_port != self.peer_port && self.launch();
+        let log = self.log();
+        if hidden {
+            fill(&mut self.client());
+        }
+        self.kill();
+        self.client_port = own_port;
+        assert!(hidden, "etcd did not start on a spare port; log:\n{log}");
+        assert!(
+            self.launch(),
+            "etcd did not come back on its ports; log:\n{}",
+            self.log()
+        );
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_ref() {
@@ -369,6 +395,7 @@ pub struct MemberStatus {
     pub version: String,
     pub leader: u64,
     pub member_id: u64,
+    pub cluster_id: u64,
 }
 
 /// A blocking etcd client over a private current-thread runtime, to change etcd behind hound's
@@ -560,10 +587,12 @@ impl EtcdClient {
 
     pub fn status(&mut self) -> MemberStatus {
         let response = self.call("status", |mut c| async move { c.status().await });
+        let header = response.header().expect("status has a header");
         MemberStatus {
             version: response.version().to_owned(),
             leader: response.leader(),
-            member_id: response.header().expect("status has a header").member_id(),
+            member_id: header.member_id(),
+            cluster_id: header.cluster_id(),
         }
     }
 }
