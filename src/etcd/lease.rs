@@ -7,7 +7,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 use tokio::time::{Instant, sleep, timeout};
 
 use super::backoff::{Backoff, Throttle};
@@ -112,6 +114,8 @@ pub(super) enum Write {
 pub(super) enum Written {
     /// The key was written, at this revision.
     At(i64),
+    /// The key is on this lease already (`Write::IfMissing` only; hound's mirror lagged).
+    Already,
     /// Another lease holds the key (`Write::IfMissing` only): nothing was written.
     Held,
     /// etcd no longer knows the lease: nothing was written.
@@ -139,7 +143,8 @@ pub(super) async fn write(
         Write::Always => Txn::new().and_then([put]),
         Write::IfMissing => Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([put]),
+            .and_then([put])
+            .or_else([TxnOp::get(key, None)]),
     };
     members
         .call(deadline, |mut client| {
@@ -149,7 +154,17 @@ pub(super) async fn write(
                     Ok(answer) if answer.succeeded() => {
                         Ok(Written::At(answer.header().map_or(0, |h| h.revision())))
                     }
-                    Ok(_) => Ok(Written::Held),
+                    Ok(answer) => {
+                        let holder = answer.op_responses().into_iter().find_map(|r| match r {
+                            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.lease()),
+                            _ => None,
+                        });
+                        Ok(if holder == Some(lease) {
+                            Written::Already
+                        } else {
+                            Written::Held
+                        })
+                    }
                     Err(err) if lease_not_found(&err) => Ok(Written::LeaseGone),
                     Err(err) => Err(err),
                 }
@@ -292,6 +307,7 @@ pub(super) async fn keep_alive(members: Members, kept: Kept, lease: Rc<Lease>) {
                     log::info!("registered {key} again with a new lease");
                 }
                 Ok(Written::At(_)) => log::warn!("{key} had gone from etcd; put it back"),
+                Ok(Written::Already) => {}
                 Ok(Written::Held) => log::info!(
                     "{key} is held by another registration (through another hound, say); \
                      keeping ours, to put the key back if that one ends"

@@ -183,19 +183,12 @@ impl Registry {
         lease: &Lease,
         deadline: Instant,
     ) -> Result<i64> {
-        lease.set(lease::grant(&self.members, self.settings.ttl, deadline).await?);
-        match lease::write(
-            &self.members,
-            key,
-            node,
-            lease.id(),
-            Write::Always,
-            deadline,
-        )
-        .await?
-        {
+        let members = &self.members;
+        lease.set(lease::grant(members, self.settings.ttl, deadline).await?);
+        match lease::write(members, key, node, lease.id(), Write::Always, deadline).await? {
             Written::At(revision) => Ok(revision),
-            Written::Held | Written::LeaseGone => Err(Error::Unavailable(
+            // An unconditional write either lands or finds its lease gone.
+            _ => Err(Error::Unavailable(
                 "the registration's lease was revoked before its key was written".into(),
             )),
         }
