@@ -18,9 +18,20 @@ pub(super) async fn read_or_write(
     key: &str,
     deadline: Instant,
 ) -> Result<String> {
-    // Written only if absent, so every hound (and both watches of each) reads the first value
-    // written; without a lease, so it lasts as long as the store. Every attempt puts the same
-    // value, so an attempt given up that lands before the retry changes nothing.
+    // Read first: a store out of space (NOSPACE) refuses any transaction that could write,
+    // and a watch must still reopen then.
+    let read = members
+        .call(
+            deadline,
+            |mut client| async move { client.get(key, None).await },
+        )
+        .await?;
+    if let Some(value) = read.kvs().first().map(|kv| kv.value()) {
+        return Ok(String::from_utf8_lossy(value).into_owned());
+    }
+    // Written only if still absent, so every hound (and both watches of each) reads the first
+    // value written; without a lease, so it lasts as long as the store. Every attempt puts the
+    // same value, so an attempt given up that lands before the retry changes nothing.
     let value = fresh_value();
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
