@@ -81,7 +81,19 @@ impl Embedded {
         );
     }
 
-    pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> crate::Result<i64> {
+    /// Registers at once, unless `wanted` says the client has already gone.
+    pub fn register(
+        &self,
+        service: &str,
+        node: &Node,
+        owner: SocketId,
+        wanted: &dyn Fn() -> bool,
+    ) -> crate::Result<i64> {
+        if !wanted() {
+            return Err(crate::Error::Unavailable(
+                "the client went away before its registration was written".into(),
+            ));
+        }
         let key = self.keys.registration(service, node);
         let mut state = self.lock();
         state.revision += 1;
@@ -211,8 +223,12 @@ mod tests {
         let (mailbox, inbox) = Mailbox::new(16, Arc::default(), doorbell.clone());
         hub.subscribe(1, SocketKind::Register, vec!["api".into()], mailbox)
             .unwrap();
-        let first = store.register("api", &node("10.0.0.1:80"), 1).unwrap();
-        let second = store.register("api", &node("10.0.0.1:80"), 2).unwrap();
+        let first = store
+            .register("api", &node("10.0.0.1:80"), 1, &|| true)
+            .unwrap();
+        let second = store
+            .register("api", &node("10.0.0.1:80"), 2, &|| true)
+            .unwrap();
         assert!(second > first);
         assert_eq!(doorbell.close_requested(), Some(close_code::SUPERSEDED));
         assert_eq!(
@@ -230,6 +246,19 @@ mod tests {
         let messages: Vec<String> = inbox.try_iter().map(|f| f.as_str().to_owned()).collect();
         assert!(messages[0].contains("SYNC"));
         assert!(messages[1].contains("PUT"));
+    }
+
+    #[test]
+    fn a_client_gone_before_its_registration_is_not_registered() {
+        let hub = Arc::new(Hub::default());
+        let store = Embedded::start(hub.clone(), 15, "service").unwrap();
+        let gone = store.register("api", &node("10.0.0.1:80"), 1, &|| false);
+        assert!(
+            matches!(gone, Err(crate::Error::Unavailable(_))),
+            "{gone:?}"
+        );
+        assert!(hub.service_names().is_empty());
+        assert_eq!(hub.revision(), 1, "nothing was written");
     }
 
     #[test]

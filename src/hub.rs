@@ -132,6 +132,11 @@ impl Hub {
         self.lock().mirror.service_names()
     }
 
+    /// Whether the mirror holds the registration `key` (`<ip>:<port>`) of `service`.
+    pub fn holds(&self, service: &str, key: &str) -> bool {
+        self.lock().mirror.holds(service, key)
+    }
+
     /// The current membership of one service.
     pub fn membership(&self, service: &str) -> Membership {
         self.lock().mirror.membership(service)

@@ -1,12 +1,15 @@
 //! The etcd key layout, the one place that builds and parses keys: registrations
 //! `<namespace>/<service>/<node>`, their tombstones `<namespace>/~deregistered/<service>/<node>`,
-//! and custom events `<event-namespace>/<instance>-<sequence>`.
+//! the store marker `<namespace>/~store`, and custom events
+//! `<event-namespace>/<instance>-<sequence>`.
 
 use crate::names::{Node, is_service_name};
 
 /// The key segment under `<namespace>/` that marks explicit deregistrations. `~` cannot appear in
 /// a service name, so it never collides with a service.
 const TOMBSTONE_SEGMENT: &str = "~deregistered";
+/// The key under `<namespace>/` of the store marker; no service name, for the same reason.
+const MARKER_SEGMENT: &str = "~store";
 
 /// The keys of the service namespace: registrations and their tombstones.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,12 @@ impl ServiceKeys {
             .strip_prefix(&self.prefix)
             .unwrap_or(registration_key);
         format!("{}{rest}", self.tombstone_prefix)
+    }
+
+    /// `<namespace>/~store`: a value hound writes once, by which it recognises the store
+    /// (see `etcd/marker.rs`).
+    pub fn store_marker(&self) -> String {
+        format!("{}{MARKER_SEGMENT}", self.prefix)
     }
 
     /// `(<service>, <node>)` of a key under the namespace whose service segment is a valid
@@ -133,6 +142,9 @@ mod tests {
         assert_eq!(keys.parse_tombstone(&tombstone), Some(("api", "[::1]:80")));
         assert_eq!(keys.parse_registration(&tombstone), None);
         assert_eq!(keys.parse_tombstone(&key), None);
+        assert_eq!(keys.store_marker(), "service/~store");
+        assert_eq!(keys.parse_registration(&keys.store_marker()), None);
+        assert_eq!(keys.parse_tombstone(&keys.store_marker()), None);
     }
 
     #[test]

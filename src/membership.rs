@@ -90,6 +90,13 @@ impl Mirror {
         entry.refresh()
     }
 
+    /// Whether `service`/`key` holds a node.
+    pub fn holds(&self, service: &str, key: &str) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|s| s.nodes.contains_key(key))
+    }
+
     /// The current membership of `service` (empty if unknown).
     pub fn membership(&self, service: &str) -> Membership {
         self.services

@@ -149,7 +149,9 @@ fn open(
         // Armed before the attempt: if etcd answers after we gave up, the deregistration the
         // guard queues behind the registration undoes it, so a 503 never leaves a node behind.
         cleanup.registration = Some((service.clone(), node.clone()));
-        let revision = match context.store.register(service, node, id) {
+        // A client that leaves while etcd is slow is not registered behind its back.
+        let wanted = || !request.client_gone();
+        let revision = match context.store.register(service, node, id, &wanted) {
             Ok(revision) => revision,
             Err(err) => {
                 log::warn!("could not register {service}/{node} for {peer}: {err}");
@@ -289,7 +291,7 @@ mod tests {
                         id: 7,
                         registration: Some(("api".into(), node.clone())),
                     };
-                    store.register("api", &node, 7).unwrap();
+                    store.register("api", &node, 7, &|| true).unwrap();
                     let doorbell = Arc::new(Doorbell::new().unwrap());
                     let (mailbox, _inbox) = Mailbox::new(4, Arc::default(), doorbell);
                     hub.subscribe(7, SocketKind::Register, vec!["api".into()], mailbox)

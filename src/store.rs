@@ -22,11 +22,18 @@ pub enum Store {
 impl Store {
     /// Writes the registration and keeps it alive until [`Store::deregister`]; returns the
     /// revision of the write. A registration of the same key by another socket is taken over
-    /// and that socket closed with 4000.
-    pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> Result<i64> {
+    /// and that socket closed with 4000. `wanted` says whether the client still waits for
+    /// the answer: a registration whose client has gone is not written (or is undone).
+    pub fn register(
+        &self,
+        service: &str,
+        node: &Node,
+        owner: SocketId,
+        wanted: &dyn Fn() -> bool,
+    ) -> Result<i64> {
         match self {
-            Store::Etcd(etcd) => etcd.register(service, node, owner),
-            Store::Embedded(store) => store.register(service, node, owner),
+            Store::Etcd(etcd) => etcd.register(service, node, owner, wanted),
+            Store::Embedded(store) => store.register(service, node, owner, wanted),
         }
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant as Deadline;
 
 use super::CustomEvent;
-use super::members::Members;
+use super::members::{Members, lease_not_found};
 use crate::error::{Error, Result};
 use crate::hub::Audience;
 use crate::keys::EventKeys;
@@ -79,26 +79,48 @@ impl Publisher {
         };
         let value = serde_json::to_string(&stored)
             .map_err(|err| Error::Internal(format!("cannot encode the event: {err}")))?;
-        let lease = self.lease(deadline).await?;
         let sequence = self.sequence.get() + 1;
         self.sequence.set(sequence);
         let key = self.keys.event(&self.instance, sequence);
+        // The shared lease may be gone (revoked behind hound's back, or etcd lost its data):
+        // then a fresh one is taken at once and the write tried again, so no POST fails for
+        // the rest of the lease's reuse period. Twice is enough: the second lease is new.
+        for _ in 0..2 {
+            let lease = self.lease(deadline).await?;
+            if self.write(&key, &value, lease, deadline).await? {
+                return Ok(());
+            }
+            log::warn!("the event lease {lease:x} is gone; taking a new one");
+            self.lease.set(None);
+        }
+        Err(Error::Unavailable(
+            "etcd forgot two event leases in a row".into(),
+        ))
+    }
+
+    /// Writes `value` under `key` on `lease`; false if etcd no longer knows the lease.
+    async fn write(&self, key: &str, value: &str, lease: i64, deadline: Deadline) -> Result<bool> {
         // Written only if the key is new: an attempt given up on one member may still land
         // after the retry on another, and must not deliver the event twice.
         let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
-                key.as_str(),
+                key,
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
         self.members
             .call(deadline, |mut client| {
                 let txn = txn.clone();
-                async move { client.txn(txn).await }
+                async move {
+                    match client.txn(txn).await {
+                        Ok(_) => Ok(true),
+                        Err(err) if lease_not_found(&err) => Ok(false),
+                        Err(err) => Err(err),
+                    }
+                }
             })
-            .await?;
-        Ok(())
+            .await
     }
 
     async fn lease(&self, deadline: Deadline) -> Result<i64> {

@@ -1,5 +1,6 @@
-//! What `/healthz` says about etcd: whether any member answers (the members' probes know) and
-//! whether both watches run (the watches know); OK only when all agree.
+//! What `/healthz` says about etcd: whether any member answers and whether it has raised an
+//! alarm (the members' probes know), and whether both watches run (the watches know); OK only
+//! when all agree.
 
 use std::cell::{Cell, RefCell};
 
@@ -15,6 +16,9 @@ pub(super) const EVENT_WATCH: &str = "event watch";
 pub(super) struct HealthState {
     pub etcd_answers: Cell<bool>,
     pub problem: RefCell<String>,
+    /// The alarms etcd reports (`NOSPACE (member 8e9e…)`), comma-separated; empty if none.
+    /// While one is raised etcd refuses writes, so hound is not healthy.
+    pub alarms: RefCell<String>,
     pub services: WatchHealth,
     pub events: WatchHealth,
 }
@@ -28,9 +32,14 @@ pub(super) struct WatchHealth {
 }
 
 impl HealthState {
-    fn publish(&self, hub: &Hub) {
+    pub fn publish(&self, hub: &Hub) {
         let health = if !self.etcd_answers.get() {
             Health::Unavailable(format!("etcd does not answer: {}", self.problem.borrow()))
+        } else if !self.alarms.borrow().is_empty() {
+            Health::Unavailable(format!(
+                "etcd raised an alarm: {}; it refuses writes until an operator clears it",
+                self.alarms.borrow()
+            ))
         } else if !self.services.watched.get() || !self.events.watched.get() {
             let mut why = Vec::new();
             for (name, watch) in [(SERVICE_WATCH, &self.services), (EVENT_WATCH, &self.events)] {

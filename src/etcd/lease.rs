@@ -1,17 +1,19 @@
-//! One registration's lease on any member that answers: written (grant and put), kept alive on
-//! a schedule derived from the TTL, and deleted with a tombstone — each retried on another
-//! member when the one in use does not answer.
+//! One registration's lease on any member that answers: granted, its key written on it, kept
+//! alive on a schedule derived from the TTL (and the key put back if it goes missing), and
+//! deleted with a tombstone — each retried on another member when the one in use does not
+//! answer.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
-use tokio::task::spawn_local;
+use etcd_client::{
+    Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 use tokio::time::{Instant, sleep, timeout};
 
 use super::backoff::{Backoff, Throttle};
-use super::members::{Member, Members, lease_not_found};
+use super::members::{Member, Members, lease_not_found, no_space};
 use crate::error::Result;
 use crate::metrics;
 use crate::names::Node;
@@ -56,46 +58,119 @@ impl Schedule {
     }
 }
 
-/// Grants a lease of `ttl` seconds and writes `key` on it, through any member that answers
-/// before `deadline`, and stores the lease in `granted`; returns the revision of the write.
-/// `granted` gets each lease as soon as it is granted, so that a deletion that cuts this
-/// short deletes the key from the lease its put (perhaps still on its way) puts it on.
-pub(super) async fn grant_and_put(
+/// The lease one registration's key is on, shared by the registry and the registration's
+/// keeper: whoever ends the registration (a takeover, a deregistration, a client that went
+/// away) deletes the key from this lease and revokes it, however far the keeper got. Every
+/// write of the key goes on this one lease, and a keeper replaces it only once etcd has lost
+/// it, so no other lease of the registration can hold the key.
+#[derive(Debug, Default)]
+pub(super) struct Lease {
+    id: Cell<i64>,
+    #[cfg(debug_assertions)]
+    held: hold::Held,
+}
+
+impl Lease {
+    /// The lease's id; 0 until one is granted.
+    pub fn id(&self) -> i64 {
+        self.id.get()
+    }
+
+    pub fn set(&self, id: i64) {
+        self.id.set(id);
+    }
+
+    /// Called by whoever ends the registration, before anything else: in debug builds, lets a
+    /// write held by the test hook reach etcd first (see [`hold`]); nothing otherwise.
+    pub async fn release_held_write(&self) {
+        #[cfg(debug_assertions)]
+        hold::release(self).await;
+    }
+}
+
+/// Grants a lease of `ttl` seconds through any member that answers before `deadline`. An
+/// attempt given up may still grant one later: nothing is written on it, and it expires.
+pub(super) async fn grant(members: &Members, ttl: i64, deadline: Instant) -> Result<i64> {
+    let granted = members
+        .call(deadline, |mut client| async move {
+            client.lease_grant(ttl, None).await
+        })
+        .await?;
+    Ok(granted.id())
+}
+
+/// How a registration's key is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Write {
+    /// A new registration: the key moves to its lease, whoever held it (the takeover rule).
+    Always,
+    /// A keeper putting its key back: only if no lease holds the key, so a keeper never takes
+    /// it from a newer registration, on this hound or another.
+    IfMissing,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// The key was written, at this revision.
+    At(i64),
+    /// The key is on this lease already (`Write::IfMissing` only; hound's mirror lagged).
+    Already,
+    /// Another lease holds the key (`Write::IfMissing` only): nothing was written.
+    Held,
+    /// etcd no longer knows the lease: nothing was written.
+    LeaseGone,
+}
+
+/// Writes `key` (holding `node`) on `lease` as `how` says, through any member that answers
+/// before `deadline`. Every attempt writes the same value on the same lease, so one given up
+/// that still reaches etcd later changes nothing; and once the registration ends its lease
+/// is revoked, so such a write fails then.
+pub(super) async fn write(
     members: &Members,
     key: &str,
     node: &Node,
-    ttl: i64,
+    lease: i64,
+    how: Write,
     deadline: Instant,
-    granted: &Cell<i64>,
-) -> Result<i64> {
-    let value = node.to_string();
-    // Leases granted by attempts that did not finish. Such an attempt's put may still arrive
-    // (from a member that froze holding it) and would move the key onto a lease nobody keeps
-    // alive; revoked first, that put finds no lease and fails.
-    let abandoned = RefCell::new(Vec::<i64>::new());
-    let written = members
+) -> Result<Written> {
+    let put = TxnOp::put(
+        key,
+        node.to_string(),
+        Some(PutOptions::new().with_lease(lease)),
+    );
+    let txn = match how {
+        Write::Always => Txn::new().and_then([put]),
+        Write::IfMissing => Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([put])
+            .or_else([TxnOp::get(key, None)]),
+    };
+    members
         .call(deadline, |mut client| {
-            let (abandoned, value) = (&abandoned, value.clone());
+            let txn = txn.clone();
             async move {
-                let pending = abandoned.borrow().clone();
-                for lease in pending {
-                    revoke_on(&mut client, lease).await?;
-                    abandoned.borrow_mut().retain(|&l| l != lease);
+                match client.txn(txn).await {
+                    Ok(answer) if answer.succeeded() => {
+                        Ok(Written::At(answer.header().map_or(0, |h| h.revision())))
+                    }
+                    Ok(answer) => {
+                        let holder = answer.op_responses().into_iter().find_map(|r| match r {
+                            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.lease()),
+                            _ => None,
+                        });
+                        Ok(if holder == Some(lease) {
+                            Written::Already
+                        } else {
+                            Written::Held
+                        })
+                    }
+                    Err(err) if lease_not_found(&err) => Ok(Written::LeaseGone),
+                    Err(err) => Err(err),
                 }
-                let lease = client.lease_grant(ttl, None).await?.id();
-                abandoned.borrow_mut().push(lease);
-                granted.set(lease);
-                let options = PutOptions::new().with_lease(lease);
-                let put = client.put(key, value, Some(options)).await?;
-                abandoned.borrow_mut().retain(|&l| l != lease);
-                Ok(put.header().map_or(0, |h| h.revision()))
             }
         })
-        .await;
-    for lease in abandoned.into_inner() {
-        spawn_local(revoke_later(members.clone(), lease));
-    }
-    written
+        .await
 }
 
 /// Revokes `lease` through `client`; a lease already gone counts as revoked.
@@ -139,17 +214,26 @@ pub(super) async fn delete(
     deadline: Option<Instant>,
 ) {
     let deadline = deadline.unwrap_or_else(|| Instant::now() + CLEANUP_PATIENCE);
-    let txn = Txn::new()
-        .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
-        .and_then([
-            TxnOp::delete(key.as_str(), None),
-            TxnOp::put(tombstone, "", Some(PutOptions::new().with_lease(lease))),
-        ]);
+    let still_ours = Compare::lease(key.as_str(), CompareOp::Equal, lease);
+    let txn = Txn::new().when([still_ours.clone()]).and_then([
+        TxnOp::delete(key.as_str(), None),
+        TxnOp::put(tombstone, "", Some(PutOptions::new().with_lease(lease))),
+    ]);
+    // etcd out of space (NOSPACE) refuses the tombstone's put but not a deletion: the key
+    // goes at once all the same, though others may then report EXPIRE.
+    let bare = Txn::new()
+        .when([still_ours])
+        .and_then([TxnOp::delete(key.as_str(), None)]);
     // Repeating it is safe: once the key is gone the comparison fails and nothing is written.
     let deleted = members
         .call_until(deadline, |mut client| {
-            let txn = txn.clone();
-            async move { client.txn(txn).await }
+            let (txn, bare) = (txn.clone(), bare.clone());
+            async move {
+                match client.txn(txn).await {
+                    Err(err) if no_space(&err) => client.txn(bare).await,
+                    done => done,
+                }
+            }
         })
         .await;
     if let Err(err) = deleted {
@@ -162,6 +246,8 @@ pub(super) async fn delete(
 enum Ended {
     /// etcd says the lease is gone.
     LeaseGone,
+    /// The lease lives, but hound's mirror lacks the key: put it back.
+    KeyMissing,
     /// The current member changed: reopen on the new one at once.
     Moved,
     /// The member did not answer within the schedule's deadline.
@@ -170,32 +256,41 @@ enum Ended {
     Failed(etcd_client::Error),
 }
 
+/// What one keeper keeps: a registration's key, and how to tell whether etcd still holds it.
+pub(super) struct Kept {
+    pub key: String,
+    pub node: Node,
+    pub ttl: i64,
+    /// Whether hound's mirror of the namespace (fed by its watch) holds the key.
+    pub in_mirror: Box<dyn Fn() -> bool>,
+}
+
 /// Keeps one registration's lease alive for as long as the task runs (the registry aborts it
 /// when the registration ends). Each refresh goes through the current member; one that is not
 /// answered in time is sent again through another. If etcd no longer knows the lease (it
-/// expired while no member answered, or etcd lost its data), registers the node again with a
-/// fresh lease, which it stores in `lease`.
-pub(super) async fn keep_alive(
-    members: Members,
-    key: String,
-    node: Node,
-    lease: Rc<Cell<i64>>,
-    ttl: i64,
-) {
-    let schedule = Schedule::for_ttl(ttl);
+/// expired while no member answered, or etcd lost its data), takes a fresh one, which it
+/// stores in `lease`, and writes the key on it again. If the key goes missing while the lease
+/// lives (another hound's registration of the same node ended, say), puts it back. Both
+/// writes are made only if no lease holds the key: a keeper never takes it from another.
+pub(super) async fn keep_alive(members: Members, kept: Kept, lease: Rc<Lease>) {
+    let key = kept.key.as_str();
+    let schedule = Schedule::for_ttl(kept.ttl);
     let mut backoff = Backoff::new();
     let mut throttle = Throttle::default();
     let mut unanswered = 0;
     let mut lost = false;
+    // Whether the key may be missing from etcd, and whether that is because the lease was lost.
+    let mut put_back = false;
+    let mut regranted = false;
     // Runs until aborted; every pass waits on etcd, a deadline or the back-off.
     loop {
         if lost {
             let deadline = Instant::now() + schedule.ttl();
-            match grant_and_put(&members, &key, &node, ttl, deadline, &lease).await {
-                Ok(_) => {
-                    lost = false;
+            match grant(&members, kept.ttl, deadline).await {
+                Ok(id) => {
+                    lease.set(id);
+                    (lost, put_back, regranted) = (false, true, true);
                     metrics::LEASE_REGRANTS.add(1);
-                    log::info!("registered {key} again with a new lease");
                     backoff.reset();
                 }
                 Err(err) => {
@@ -203,6 +298,33 @@ pub(super) async fn keep_alive(
                     sleep(backoff.next_delay()).await;
                 }
             }
+            continue;
+        }
+        if put_back {
+            let deadline = Instant::now() + schedule.ttl();
+            match put_key_back(&members, &kept, &lease, deadline).await {
+                Ok(Written::At(_)) if regranted => {
+                    log::info!("registered {key} again with a new lease");
+                }
+                Ok(Written::At(_)) => log::warn!("{key} had gone from etcd; put it back"),
+                Ok(Written::Already) => {}
+                Ok(Written::Held) => log::info!(
+                    "{key} is held by another registration (through another hound, say); \
+                     keeping ours, to put the key back if that one ends"
+                ),
+                Ok(Written::LeaseGone) => {
+                    log::warn!("lease of {key} is gone; registering it again");
+                    lost = true;
+                    continue;
+                }
+                Err(err) => {
+                    log::log!(throttle.level(), "could not put {key} back: {err}");
+                    sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+            (put_back, regranted) = (false, false);
+            backoff.reset();
             continue;
         }
         let member = match members.current() {
@@ -213,15 +335,16 @@ pub(super) async fn keep_alive(
                 continue;
             }
         };
-        let kept = keep_on(
+        let kept_on = keep_on(
             &member,
-            lease.get(),
+            lease.id(),
             schedule,
             &mut unanswered,
             &mut backoff,
+            &*kept.in_mirror,
         );
         let ended = tokio::select! {
-            ended = kept => ended,
+            ended = kept_on => ended,
             () = members.moved_from(&member) => Ended::Moved,
         };
         match ended {
@@ -229,6 +352,7 @@ pub(super) async fn keep_alive(
                 log::warn!("lease of {key} is gone; registering it again");
                 lost = true;
             }
+            Ended::KeyMissing => put_back = true,
             Ended::Moved => {}
             Ended::Unanswered(within) => {
                 log::log!(
@@ -250,13 +374,108 @@ pub(super) async fn keep_alive(
     }
 }
 
+/// Writes the kept key on `lease` if no lease holds it.
+async fn put_key_back(
+    members: &Members,
+    kept: &Kept,
+    lease: &Rc<Lease>,
+    deadline: Instant,
+) -> Result<Written> {
+    #[cfg(debug_assertions)]
+    if hold::armed() {
+        let (members, key, node, id) = (
+            members.clone(),
+            kept.key.clone(),
+            kept.node.clone(),
+            lease.id(),
+        );
+        let held = async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let written = write(&members, &key, &node, id, Write::IfMissing, deadline).await;
+            log::warn!("test hook: the held write of {key} on lease {id:x}: {written:?}");
+        };
+        hold::park(lease, &kept.key, held).await;
+    }
+    write(
+        members,
+        &kept.key,
+        &kept.node,
+        lease.id(),
+        Write::IfMissing,
+        deadline,
+    )
+    .await
+}
+
+/// A test-only hook, compiled into debug builds and armed by the environment variable
+/// `HOUND_TEST_HOLD_PUT_BACK`: a keeper's write that puts its key back is held — as if stuck
+/// in flight on a member that froze — until its registration ends, and the registry then lets
+/// it reach etcd before it does anything else about the registration. That is the worst moment
+/// for such a write to land (after a newer registration's write, before the old lease's
+/// revocation), and the integration tests force it with this (issue 12 #12).
+#[cfg(debug_assertions)]
+mod hold {
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::rc::Rc;
+    use std::sync::OnceLock;
+
+    use tokio::sync::Notify;
+    use tokio::task::{JoinHandle, spawn_local};
+
+    use super::Lease;
+
+    /// A write held for one registration.
+    #[derive(Debug, Default)]
+    pub(super) struct Held {
+        write: RefCell<Option<JoinHandle<()>>>,
+        released: Notify,
+    }
+
+    pub(super) fn armed() -> bool {
+        static ARMED: OnceLock<bool> = OnceLock::new();
+        *ARMED.get_or_init(|| std::env::var_os("HOUND_TEST_HOLD_PUT_BACK").is_some())
+    }
+
+    /// Holds `write` until the registration ends; the keeper waits until it is aborted.
+    pub(super) async fn park(
+        lease: &Rc<Lease>,
+        key: &str,
+        write: impl Future<Output = ()> + 'static,
+    ) {
+        log::warn!(
+            "test hook: holding the write of {key} on lease {:x} until its registration ends",
+            lease.id()
+        );
+        let released = lease.clone();
+        let task = spawn_local(async move {
+            released.held.released.notified().await;
+            write.await;
+        });
+        *lease.held.write.borrow_mut() = Some(task);
+        std::future::pending::<()>().await;
+    }
+
+    /// Lets the held write, if any, reach etcd, and waits until it has.
+    pub(super) async fn release(lease: &Lease) {
+        let task = lease.held.write.borrow_mut().take();
+        if let Some(task) = task {
+            lease.held.released.notify_one();
+            let _ = task.await;
+        }
+    }
+}
+
 /// Refreshes `lease` through `member` every period until something ends the stream.
+/// After each refresh but the first (by then hound's watch has seen a write of the key),
+/// checks that the key is in the mirror.
 async fn keep_on(
     member: &Member,
     lease: i64,
     schedule: Schedule,
     unanswered: &mut u32,
     backoff: &mut Backoff,
+    in_mirror: &dyn Fn() -> bool,
 ) -> Ended {
     // Opening the stream sends the first refresh and waits for its answer.
     let within = schedule.answer_within(*unanswered);
@@ -280,6 +499,7 @@ async fn keep_on(
         sleep(schedule.period()).await;
         let within = schedule.answer_within(*unanswered);
         match refresh(&mut keeper, &mut answers, within).await {
+            Ok(true) if !in_mirror() => return Ended::KeyMissing,
             Ok(true) => {}
             Ok(false) => return Ended::LeaseGone,
             Err(ended) => {

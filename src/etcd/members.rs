@@ -17,7 +17,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{
+    AlarmAction, AlarmType, Certificate, Client, ConnectOptions, Identity, TlsOptions,
+};
 use tokio::sync::watch;
 use tokio::task::spawn_local;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -94,6 +96,10 @@ struct Known {
     stranger: bool,
     /// Whether it was usable at the last look, so each change is logged once.
     was_usable: bool,
+    /// The alarms the member last reported (`NOSPACE (member 8e9e…)`), and the errors of its
+    /// status they were read for: asked again only when those change.
+    alarms: Vec<String>,
+    status_errors: Vec<String>,
 }
 
 impl Known {
@@ -128,6 +134,10 @@ fn classify(err: &etcd_client::Error) -> Failure {
         etcd_client::Error::GRpcStatus(status) => {
             // etcd's own errors say `etcdserver: …`; anything else came from the transport.
             let etcd_said_it = status.message().starts_with("etcdserver:");
+            if no_space(err) {
+                // Out of space until an operator intervenes: another member says the same.
+                return Failure::Final;
+            }
             match status.code() {
                 Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
                     if !etcd_said_it =>
@@ -146,6 +156,13 @@ fn classify(err: &etcd_client::Error) -> Failure {
         }
         _ => Failure::Final,
     }
+}
+
+/// Whether etcd refused a write because its database reached its quota (the NOSPACE alarm).
+pub(super) fn no_space(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status)
+        if status.code() == Code::ResourceExhausted
+            && status.message().contains("database space exceeded"))
 }
 
 /// Whether etcd answered that a lease does not exist (revoked or expired).
@@ -188,6 +205,8 @@ impl Members {
                 silent_since: None,
                 problem: "not connected yet".to_owned(),
                 stranger: false,
+                alarms: Vec::new(),
+                status_errors: Vec::new(),
             });
         }
         if known.is_empty() {
@@ -387,7 +406,10 @@ impl Members {
                 },
             };
             reconnect.reset();
-            let answer = self.ask_status(index, client).await;
+            let answer = match self.ask_status(index, client.clone()).await {
+                Ok(status) => Ok(self.ask_alarms(index, client, status).await),
+                Err(why) => Err(why),
+            };
             self.record(index, started, answer);
             sleep_until(started + PROBE_INTERVAL).await;
         }
@@ -418,13 +440,13 @@ impl Members {
         Err(why)
     }
 
-    /// The cluster id and version member `index` reports; it is set aside as soon as it is
-    /// slower than [`PROBE_SLOW`], and does not answer after [`PROBE_TIMEOUT`].
+    /// The cluster id, version and errors member `index` reports; it is set aside as soon as
+    /// it is slower than [`PROBE_SLOW`], and does not answer after [`PROBE_TIMEOUT`].
     async fn ask_status(
         &self,
         index: usize,
         mut client: Client,
-    ) -> std::result::Result<(u64, String), String> {
+    ) -> std::result::Result<Status, String> {
         let status = client.status();
         tokio::pin!(status);
         let answer = match timeout(PROBE_SLOW, &mut status).await {
@@ -438,30 +460,69 @@ impl Members {
             }
         };
         answer
-            .map(|status| {
-                let cluster = status.header().map_or(0, |h| h.cluster_id());
-                (cluster, status.version().to_owned())
+            .map(|status| Status {
+                cluster: status.header().map_or(0, |h| h.cluster_id()),
+                version: status.version().to_owned(),
+                // etcd lists its raised alarms among these, after "no leader" if it has none.
+                errors: status
+                    .errors()
+                    .iter()
+                    .filter(|error| !error.contains("no leader"))
+                    .cloned()
+                    .collect(),
+                alarms: Vec::new(),
             })
             .map_err(|err| err.to_string())
     }
 
+    /// Fills in the alarms raised on the cluster of member `index`. Its status lists them
+    /// among its errors, for free; the alarm API, which names them exactly but goes through
+    /// the cluster's log, is asked only when those errors change, and its answer kept.
+    async fn ask_alarms(&self, index: usize, mut client: Client, mut status: Status) -> Status {
+        let known = {
+            let known = self.shared.known.borrow();
+            let member = &known[index];
+            (member.status_errors == status.errors).then(|| member.alarms.clone())
+        };
+        status.alarms = match known {
+            Some(alarms) => alarms,
+            None if status.errors.is_empty() => Vec::new(),
+            None => {
+                let asked = client.alarm(AlarmAction::Get, AlarmType::None, None);
+                match timeout(PROBE_TIMEOUT, asked).await {
+                    Ok(Ok(answer)) => answer
+                        .alarms()
+                        .iter()
+                        .map(|raised| {
+                            format!(
+                                "{} (member {:x})",
+                                raised.alarm().as_str_name(),
+                                raised.member_id()
+                            )
+                        })
+                        .collect(),
+                    // Cannot ask (no leader, say): the status's own words will do.
+                    _ => status.errors.clone(),
+                }
+            }
+        };
+        status
+    }
+
     /// Records the outcome of a probe of member `index` sent at `started`.
-    fn record(
-        &self,
-        index: usize,
-        started: Instant,
-        answer: std::result::Result<(u64, String), String>,
-    ) {
+    fn record(&self, index: usize, started: Instant, answer: std::result::Result<Status, String>) {
         let version = {
             let mut known = self.shared.known.borrow_mut();
             let member = &mut known[index];
             match answer {
-                Ok((cluster, version)) => {
-                    member.answer = Some(Ok(cluster));
+                Ok(status) => {
+                    member.answer = Some(Ok(status.cluster));
                     if member.silent_since.is_some_and(|since| since <= started) {
                         member.silent_since = None;
                     }
-                    Some(version)
+                    member.status_errors = status.errors;
+                    member.alarms = status.alarms;
+                    Some(status.version)
                 }
                 Err(why) => {
                     member.problem.clone_from(&why);
@@ -493,6 +554,23 @@ impl Members {
             (None, _) => self.shared.cluster.set(agreed.or(first)),
             _ => {}
         }
+    }
+
+    /// Tells `/healthz` about the alarms the members that answer report (none: healthy), and
+    /// logs each change once.
+    fn report_alarms(&self, alarms: Vec<String>) {
+        let health = &self.shared.health;
+        let alarms = alarms.join(", ");
+        if *health.alarms.borrow() == alarms {
+            return;
+        }
+        if alarms.is_empty() {
+            log::info!("etcd's alarms are cleared");
+        } else {
+            log::error!("etcd raised an alarm: {alarms}");
+        }
+        *health.alarms.borrow_mut() = alarms;
+        health.publish(&self.shared.hub);
     }
 
     /// After anything changed: flags strangers, logs members set aside or back, moves the
@@ -554,7 +632,15 @@ impl Members {
             .find(|m| !m.answers())
             .map(|m| m.problem.clone())
             .unwrap_or_default();
+        let mut alarms: Vec<String> = known
+            .iter()
+            .filter(|m| m.answers())
+            .flat_map(|m| m.alarms.iter().cloned())
+            .collect();
+        alarms.sort();
+        alarms.dedup();
         drop(known);
+        self.report_alarms(alarms);
         if shared.answering.get() != Some(answering) {
             if !answering {
                 log::warn!("etcd does not answer: {problem}");
@@ -576,6 +662,16 @@ impl Members {
         let problem = (!answering).then_some(problem);
         health.set(&shared.hub, &health.etcd_answers, answering, problem);
     }
+}
+
+/// What one status probe learned about a member.
+struct Status {
+    cluster: u64,
+    version: String,
+    /// The errors it reports, other than having no leader.
+    errors: Vec<String>,
+    /// The alarms raised on its cluster, as `/healthz` names them.
+    alarms: Vec<String>,
 }
 
 /// The value reported by more than half of `members` (not just of those that answered).
@@ -652,6 +748,12 @@ mod tests {
         assert_eq!(classify(&gone), Failure::Final);
         assert!(lease_not_found(&gone));
         assert!(!lease_not_found(&no_leader));
+        let full = status(
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        );
+        assert_eq!(classify(&full), Failure::Final);
+        assert!(no_space(&full) && !no_space(&overloaded));
         let denied = status(Code::PermissionDenied, "etcdserver: permission denied");
         assert_eq!(classify(&denied), Failure::Final);
     }

@@ -8,11 +8,13 @@ mod backoff;
 mod events;
 mod health;
 mod lease;
+mod marker;
 mod members;
 mod registry;
 mod watch;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
@@ -28,6 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The etcd thread gives up on a command this long before its caller stops waiting, so that
 /// what it did (or did not do) is what the caller is told.
 const ANSWER_MARGIN: Duration = Duration::from_millis(300);
+/// How often a caller waiting for etcd asks whether its client is still there.
+const CLIENT_CHECK: Duration = Duration::from_millis(20);
 
 /// What the etcd layer needs to know.
 #[derive(Debug, Clone)]
@@ -72,6 +76,34 @@ pub struct CustomEvent {
 
 type Reply<T> = crossbeam_channel::Sender<Result<T>>;
 
+/// Set by the caller of a command that no longer wants it done: its client went away, or it
+/// stopped waiting. The etcd thread drops such a command instead of running it, and stops one
+/// it is running (undoing what it wrote).
+#[derive(Debug, Default)]
+struct Abandon {
+    abandoned: AtomicBool,
+    /// Wakes the etcd thread's task that runs the command (a permit is kept if none waits).
+    wake: tokio::sync::Notify,
+}
+
+impl Abandon {
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// Returns once the command is abandoned.
+    async fn abandoned(&self) {
+        if !self.is_abandoned() {
+            self.wake.notified().await;
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Command {
     Register {
@@ -79,6 +111,7 @@ enum Command {
         node: Node,
         owner: SocketId,
         deadline: Instant,
+        abandon: Arc<Abandon>,
         reply: Reply<i64>,
     },
     Deregister {
@@ -152,36 +185,74 @@ impl Etcd {
         command: impl FnOnce(Reply<T>, Instant) -> Command,
         timeout: Duration,
     ) -> Result<T> {
+        self.call_while(
+            |reply, deadline, _| command(reply, deadline),
+            timeout,
+            &|| true,
+        )
+    }
+
+    /// Like [`Etcd::call`], while `wanted` says the caller's client is still there (asked
+    /// every [`CLIENT_CHECK`]). A command whose caller stops waiting, for either reason, is
+    /// abandoned: the etcd thread does not start it, or stops it.
+    fn call_while<T>(
+        &self,
+        command: impl FnOnce(Reply<T>, Instant, Arc<Abandon>) -> Command,
+        timeout: Duration,
+        wanted: &dyn Fn() -> bool,
+    ) -> Result<T> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        let deadline = Instant::now() + timeout.saturating_sub(ANSWER_MARGIN);
+        let started = Instant::now();
+        let deadline = started + timeout.saturating_sub(ANSWER_MARGIN);
+        let abandon = Arc::new(Abandon::default());
         self.commands
-            .send(command(reply, deadline))
+            .send(command(reply, deadline, abandon.clone()))
             .map_err(|_| Error::Unavailable("the etcd thread has stopped".into()))?;
-        match answer.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => {
-                Err(Error::Unavailable("etcd did not answer in time".into()))
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(Error::Unavailable("the etcd thread has stopped".into()))
-            }
+        // Bounded by `timeout`: every pass waits up to CLIENT_CHECK.
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            let outcome = match answer.recv_timeout(left.min(CLIENT_CHECK)) {
+                Ok(result) => return result,
+                Err(RecvTimeoutError::Timeout) if left <= CLIENT_CHECK => {
+                    Err(Error::Unavailable("etcd did not answer in time".into()))
+                }
+                Err(RecvTimeoutError::Timeout) if !wanted() => Err(Error::Unavailable(
+                    "the client went away before etcd answered".into(),
+                )),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    Err(Error::Unavailable("the etcd thread has stopped".into()))
+                }
+            };
+            abandon.abandon();
+            return outcome;
         }
     }
 
     /// Grants a lease, writes the registration key and keeps the lease alive until
     /// [`Etcd::deregister`]. Returns the etcd revision of the write. A registration of the same
     /// key by another socket of this hound is taken over: that socket is closed with 4000.
-    pub fn register(&self, service: &str, node: &Node, owner: SocketId) -> Result<i64> {
+    /// Once `wanted` says the client has gone, the registration is dropped if it has not
+    /// started, or stopped and undone if it has.
+    pub fn register(
+        &self,
+        service: &str,
+        node: &Node,
+        owner: SocketId,
+        wanted: &dyn Fn() -> bool,
+    ) -> Result<i64> {
         let (service, node) = (service.to_owned(), node.clone());
-        self.call(
-            |reply, deadline| Command::Register {
+        self.call_while(
+            |reply, deadline, abandon| Command::Register {
                 service,
                 node,
                 owner,
                 deadline,
+                abandon,
                 reply,
             },
             REQUEST_TIMEOUT,
+            wanted,
         )
     }
 

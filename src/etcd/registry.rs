@@ -1,7 +1,6 @@
 //! The etcd thread's command loop and the registrations it holds: grant, write, keep alive,
 //! take over, delete.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,11 +11,11 @@ use tokio::time::Instant;
 
 use super::events::Publisher;
 use super::health::HealthState;
-use super::lease;
+use super::lease::{self, Kept, Lease, Write, Written};
 use super::members::Members;
 use super::watch;
-use super::{ClusterStatus, Command, Settings};
-use crate::error::Result;
+use super::{Abandon, ClusterStatus, Command, Settings};
+use crate::error::{Error, Result};
 use crate::hub::{Hub, SocketId};
 use crate::keys::ServiceKeys;
 use crate::metrics;
@@ -27,7 +26,7 @@ use crate::owners::{self, Owners, Replaced};
 #[derive(Debug)]
 struct Held {
     /// The current lease; the keeper replaces it if etcd forgets the old one.
-    lease: Rc<Cell<i64>>,
+    lease: Rc<Lease>,
     keeper: AbortHandle,
 }
 
@@ -75,10 +74,11 @@ pub(super) async fn serve(
                 node,
                 owner,
                 deadline,
+                abandon,
                 reply,
             } => {
                 let deadline = Instant::from_std(deadline);
-                let registered = registry.register(&service, &node, owner, deadline);
+                let registered = registry.register(&service, &node, owner, deadline, &abandon);
                 let _ = reply.send(registered.await);
             }
             Command::Deregister {
@@ -125,40 +125,92 @@ async fn status(members: &Members, deadline: Instant) -> Result<ClusterStatus> {
 }
 
 impl Registry {
+    /// Registers `node` for `owner`, unless or until `abandon` says its client has gone: then
+    /// the command is dropped, or stopped and what it wrote deleted.
     async fn register(
         &mut self,
         service: &str,
         node: &Node,
         owner: SocketId,
         deadline: Instant,
+        abandon: &Abandon,
     ) -> Result<i64> {
+        let gone = || Error::Unavailable("the client went away before it was registered".into());
+        if abandon.is_abandoned() {
+            log::debug!("not registering {service}/{node}: its client has gone");
+            return Err(gone());
+        }
         let key = self.keys.registration(service, node);
-        let ttl = self.settings.ttl;
-        let lease = Rc::new(Cell::new(0));
-        let revision =
-            lease::grant_and_put(&self.members, &key, node, ttl, deadline, &lease).await?;
+        let lease = Rc::new(Lease::default());
+        let written = tokio::select! {
+            written = self.write_new(&key, node, &lease, deadline) => written,
+            () = abandon.abandoned() => Err(gone()),
+        };
+        let revision = match written {
+            Ok(revision) => revision,
+            Err(err) => {
+                // A write still on its way lands on this lease, which the deletion revokes.
+                if lease.id() != 0 {
+                    spawn_local(self.delete(key, lease, None));
+                }
+                return Err(err);
+            }
+        };
         let keeper = spawn_local(lease::keep_alive(
             self.members.clone(),
-            key.clone(),
-            node.clone(),
+            self.kept(service, node, key.clone()),
             lease.clone(),
-            ttl,
         ))
         .abort_handle();
         let replaced = self.held.hold(key.clone(), owner, Held { lease, keeper });
         if let Some(Replaced { lease: held, .. }) = &replaced {
-            // The key now points at the new lease, so revoking the old one deletes nothing.
+            // The key now points at the new lease, so revoking the old one deletes nothing;
+            // and whatever the old keeper was writing, it writes only a missing key.
             held.keeper.abort();
-            spawn_local(lease::revoke_later(self.members.clone(), held.lease.get()));
+            held.lease.release_held_write().await;
+            spawn_local(lease::revoke_later(self.members.clone(), held.lease.id()));
         }
         owners::registered(&self.hub, &key, owner, replaced.map(|r| r.owner));
         Ok(revision)
     }
 
+    /// Grants a lease (recorded in `lease` at once) and writes `key` on it, taking the key
+    /// over from any other lease; the revision of the write.
+    async fn write_new(
+        &self,
+        key: &str,
+        node: &Node,
+        lease: &Lease,
+        deadline: Instant,
+    ) -> Result<i64> {
+        let members = &self.members;
+        lease.set(lease::grant(members, self.settings.ttl, deadline).await?);
+        match lease::write(members, key, node, lease.id(), Write::Always, deadline).await? {
+            Written::At(revision) => Ok(revision),
+            // An unconditional write either lands or finds its lease gone.
+            _ => Err(Error::Unavailable(
+                "the registration's lease was revoked before its key was written".into(),
+            )),
+        }
+    }
+
+    /// What the keeper of `key` (`node` under `service`) keeps, with a look at hound's mirror
+    /// to tell whether the key is still in etcd.
+    fn kept(&self, service: &str, node: &Node, key: String) -> Kept {
+        let (hub, service, node_key) = (self.hub.clone(), service.to_owned(), node.to_string());
+        Kept {
+            key,
+            node: node.clone(),
+            ttl: self.settings.ttl,
+            in_mirror: Box::new(move || hub.holds(&service, &node_key)),
+        }
+    }
+
     fn deregister(&mut self, service: &str, node: &Node, owner: SocketId) {
         let key = self.keys.registration(service, node);
         if let Some(held) = self.held.release(&key, owner) {
-            spawn_local(self.delete(key, held, None));
+            held.keeper.abort();
+            spawn_local(self.delete(key, held.lease, None));
         }
     }
 
@@ -167,28 +219,28 @@ impl Registry {
         let held: Vec<(String, Held)> = self.held.drain().collect();
         let deletions: Vec<_> = held
             .into_iter()
-            .map(|(key, held)| spawn_local(self.delete(key, held, Some(deadline))))
+            .map(|(key, held)| {
+                held.keeper.abort();
+                spawn_local(self.delete(key, held.lease, Some(deadline)))
+            })
             .collect();
         for deletion in deletions {
             let _ = deletion.await;
         }
     }
 
-    /// Stops keeping `held` alive and returns the deletion of `key` to run.
+    /// The deletion of `key` from `lease`, and the lease's revocation, to run once nothing
+    /// keeps the lease alive.
     fn delete(
         &self,
         key: String,
-        held: Held,
+        lease: Rc<Lease>,
         deadline: Option<Instant>,
     ) -> impl Future<Output = ()> + 'static {
-        held.keeper.abort();
-        let tombstone = self.keys.tombstone(&key);
-        lease::delete(
-            self.members.clone(),
-            key,
-            tombstone,
-            held.lease.get(),
-            deadline,
-        )
+        let (members, tombstone) = (self.members.clone(), self.keys.tombstone(&key));
+        async move {
+            lease.release_held_write().await;
+            lease::delete(members, key, tombstone, lease.id(), deadline).await;
+        }
     }
 }

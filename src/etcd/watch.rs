@@ -14,6 +14,7 @@ use super::Settings;
 use super::backoff::{Backoff, Throttle};
 use super::events;
 use super::health::{EVENT_WATCH, HealthState, SERVICE_WATCH, WatchHealth};
+use super::marker;
 use super::members::{Member, Members};
 use crate::error::Error;
 use crate::hub::{Change, Hub};
@@ -30,22 +31,30 @@ pub(super) fn spawn(
     hub: &Arc<Hub>,
     health: &Rc<HealthState>,
 ) {
+    let marker = settings.service_keys().store_marker();
     let services = ServiceFeed {
         keys: settings.service_keys(),
     };
-    spawn_local(keep_watching(services, Watch::new(members, hub, health)));
+    spawn_local(keep_watching(
+        services,
+        Watch::new(members, hub, health, &marker),
+    ));
     let events = EventFeed {
         keys: settings.event_keys(),
     };
-    spawn_local(keep_watching(events, Watch::new(members, hub, health)));
+    spawn_local(keep_watching(
+        events,
+        Watch::new(members, hub, health, &marker),
+    ));
 }
 
 /// Why a watch session ended.
 enum Break {
     /// The revision to resume from was compacted: re-read the prefix.
     Compacted,
-    /// etcd is not the cluster we watched (its id changed, or its revision went backwards:
-    /// restored from an empty data dir, or replaced): re-read everything from scratch.
+    /// etcd is not the store we watched (its cluster id changed, its revision went backwards,
+    /// or it lost the store marker: restored from an empty data dir, or replaced): re-read
+    /// everything from scratch.
     Replaced(String),
     /// etcd-client reported an error: resume from the next revision after a back-off.
     Etcd(etcd_client::Error),
@@ -78,11 +87,13 @@ impl From<Error> for Break {
     }
 }
 
-/// Where a watch stands: the next revision to watch from, and the cluster it belongs to.
+/// Where a watch stands: the next revision to watch from, and the store it belongs to.
 #[derive(Debug, Default)]
 struct Position {
     resume_from: Option<i64>,
     cluster: Option<u64>,
+    /// The store marker's value (`etcd/marker.rs`) when this watch first read it.
+    store: Option<String>,
     /// The next re-read must SYNC every subscribed service, changed or not.
     resync_everyone: bool,
     /// The last watch delivered something after etcd created it, so it worked: after it
@@ -183,16 +194,37 @@ struct Watch {
     health: Rc<HealthState>,
     position: Position,
     backoff: Backoff,
+    /// The store marker's key.
+    marker: String,
 }
 
 impl Watch {
-    fn new(members: &Members, hub: &Arc<Hub>, health: &Rc<HealthState>) -> Watch {
+    fn new(members: &Members, hub: &Arc<Hub>, health: &Rc<HealthState>, marker: &str) -> Watch {
         Watch {
             members: members.clone(),
             hub: hub.clone(),
             health: health.clone(),
             position: Position::default(),
             backoff: Backoff::new(),
+            marker: marker.to_owned(),
+        }
+    }
+
+    /// Checks that etcd still holds the store marker this watch first read (reading it, or
+    /// writing it if absent, the first time): a wiped store fools every response header,
+    /// but not this. Done before a watch applies anything of a new session.
+    async fn check_store(&mut self) -> Result<(), Break> {
+        let deadline = Instant::now() + READ_DEADLINE;
+        let found = marker::read_or_write(&self.members, &self.marker, deadline).await?;
+        match &self.position.store {
+            Some(known) if *known != found => Err(Break::Replaced(format!(
+                "etcd lost its data: {} holds {found:?}, not {known:?}",
+                self.marker
+            ))),
+            _ => {
+                self.position.store = Some(found);
+                Ok(())
+            }
         }
     }
 }
@@ -278,6 +310,10 @@ async fn session<F: Feed>(feed: &F, watch: &mut Watch) -> Break {
         },
         () = &mut moved => return Break::Moved,
     };
+    // After the watch is open, so that a store found intact now was the one watched.
+    if let Err(end) = watch.check_store().await {
+        return end;
+    }
     let mut first = Some(first);
     loop {
         let response = match first.take() {
@@ -331,14 +367,15 @@ impl Feed for ServiceFeed {
     /// Watches from the revision after the last one applied; with nothing to resume from,
     /// reads the namespace first and resyncs the hub with it.
     async fn options(&self, watch: &mut Watch) -> Result<WatchOptions, Break> {
-        let position = &mut watch.position;
-        let start = match position.resume_from {
+        let start = match watch.position.resume_from {
             Some(revision) => revision,
             None => {
+                // Before the read, so that a store wiped after it is not taken for the same.
+                watch.check_store().await?;
                 let (mirror, revision, cluster) = read_services(&watch.members, &self.keys).await?;
-                let everyone = std::mem::take(&mut position.resync_everyone);
+                let everyone = std::mem::take(&mut watch.position.resync_everyone);
                 let changed = watch.hub.resync(mirror, revision, everyone);
-                position.cluster = Some(cluster);
+                watch.position.cluster = Some(cluster);
                 log::info!(
                     "read {} at revision {revision}; {changed} services changed",
                     self.prefix()
@@ -346,7 +383,7 @@ impl Feed for ServiceFeed {
                 revision + 1
             }
         };
-        position.resume_from = Some(start);
+        watch.position.resume_from = Some(start);
         Ok(WatchOptions::new()
             .with_prefix()
             .with_prev_key()
@@ -633,6 +670,16 @@ mod tests {
             "the etcd watches are reconnecting: event watch: fell behind a compaction"
         );
         health.set(&hub, &EventFeed::health(&health).watched, true, None);
+        assert_eq!(reason(&hub), "ok");
+        *health.alarms.borrow_mut() = "NOSPACE (member 8e9e)".into();
+        health.publish(&hub);
+        assert_eq!(
+            reason(&hub),
+            "etcd raised an alarm: NOSPACE (member 8e9e); it refuses writes until an operator \
+             clears it"
+        );
+        health.alarms.borrow_mut().clear();
+        health.publish(&hub);
         assert_eq!(reason(&hub), "ok");
         assert_eq!(
             (ServiceFeed::NAME, EventFeed::NAME),

@@ -1,7 +1,7 @@
 //! Verifies custom events across hounds: `POST /etcd/event` reaches the targeted or all sockets
 //! on every hound sharing the etcd. (One hound, and every bad request: `scenarios.rs`.)
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -156,4 +156,42 @@ fn past_the_event_budget_a_client_gets_429_and_nothing_is_written() {
         || hound.post_event(&event(4)).status == 200,
     );
     expect_message(&mut listener, &custom_event("a", "t", "4"));
+}
+
+/// The event lease used to be reused for 30 s even after etcd forgot it: every POST got 503
+/// "requested lease not found" meanwhile. A lost event lease is replaced at once, so the next
+/// POST is stored (on a new lease) and delivered.
+#[test]
+fn a_revoked_event_lease_is_replaced_and_the_next_event_goes_through() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &[]);
+    let mut listener = monitor_synced(&hound, &["a"]);
+    assert_accepted(&hound.post_event(&json!({"event_type": "first", "services": ["a"]})));
+    expect_message(&mut listener, &custom_event("a", "first", ""));
+    let mut client = etcd.client();
+    let prefix = format!("{}/", hound.event_namespace());
+    let stored = client.get_prefix(&prefix);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let old_lease = stored[0].lease;
+    assert_ne!(old_lease, 0, "events are stored on a lease");
+    client.lease_revoke(old_lease);
+
+    let posted = Instant::now();
+    let response = hound.post_event(&json!({"event_type": "second", "services": ["a"]}));
+    eprintln!(
+        "revoked event lease: the next POST answered {} after {:?}",
+        response.status,
+        posted.elapsed()
+    );
+    assert_accepted(&response);
+    expect_message(&mut listener, &custom_event("a", "second", ""));
+    let stored = client.get_prefix(&prefix);
+    assert_eq!(
+        stored.len(),
+        1,
+        "the first event went with its lease: {stored:?}"
+    );
+    assert_ne!(stored[0].lease, old_lease);
+    assert!(client.lease_granted_ttl(stored[0].lease).is_some());
 }

@@ -181,13 +181,31 @@ fn a_revoked_lease_is_replaced_by_a_new_registration_within_one_ttl() {
     wait_for_event_of_nodes(&mut ws, &[("10.0.0.1", 80), ("10.0.0.2", 80)]);
 }
 
-#[test]
-fn registrations_come_back_and_every_socket_resyncs_after_etcd_loses_its_data() {
+/// How etcd loses its data in [`registrations_come_back_and_every_socket_resyncs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wipe {
+    /// Restarted on an empty data dir: its revision goes back.
+    Emptied,
+    /// Restarted on an empty data dir and written to, out of hound's reach, past hound's
+    /// revision: same cluster id, a revision ahead of hound's, nothing in any header to tell.
+    EmptiedAndRefilled,
+}
+
+/// etcd loses its data while hound runs: every open registration is written again, a node
+/// the wipe took with it (written by hand here; another hound's, say) leaves every socket's
+/// view and REST answers, every socket gets a fresh SYNC of each of its services and ends up
+/// with etcd's membership, and events go through again.
+fn registrations_come_back_and_every_socket_resyncs(wipe: Wipe) {
     let _w = watchdog();
     let mut etcd = Etcd::start();
     let hound = Hound::start(&etcd, &["--ttl", "3"]);
+    let mut client = etcd.client();
+    client.put(&hound.key("api", "10.0.0.9:80"), "10.0.0.9:80");
+    poll_until(PROMPT, "hound to list the hand-written node", || {
+        hound.nodes("api") == pairs(&[("10.0.0.9", 80)])
+    });
     let mut api = register(&hound, "api", "10.0.0.1", 80);
-    expect_message(&mut api, &key_event("api", "SYNC", &[("10.0.0.1", 80)]));
+    let _ = next_json(&mut api, PROMPT);
     let mut web = register_monitoring(&hound, "web", "10.0.0.2", 80, &["db"]);
     let _ = next_json(&mut web, PROMPT);
     let _ = next_json(&mut web, PROMPT);
@@ -195,10 +213,39 @@ fn registrations_come_back_and_every_socket_resyncs_after_etcd_loses_its_data() 
     for _ in 0..3 {
         let _ = next_json(&mut watcher, PROMPT);
     }
+    assert_eq!(
+        hound
+            .post_event(&json!({"event_type": "t", "broadcast": true}))
+            .status,
+        200
+    );
+    for socket in [&mut api, &mut web, &mut watcher] {
+        expect_message(socket, &custom_event("*", "t", ""));
+    }
 
-    etcd.restart_empty();
+    let before = client.status();
+    let revision = client.revision();
+    match wipe {
+        Wipe::Emptied => etcd.restart_empty(),
+        Wipe::EmptiedAndRefilled => etcd.restart_empty_with(|fresh| {
+            for n in 0..revision + 10 {
+                fresh.put(&format!("elsewhere/{n}"), "x");
+            }
+        }),
+    }
     let wiped = Instant::now();
     let mut client = etcd.client();
+    let after = client.status();
+    assert_eq!(
+        after.cluster_id, before.cluster_id,
+        "etcd kept its identity"
+    );
+    if wipe == Wipe::EmptiedAndRefilled {
+        assert!(
+            client.revision() > revision,
+            "etcd is past hound's revision"
+        );
+    }
     for (service, node) in [("api", "10.0.0.1:80"), ("web", "10.0.0.2:80")] {
         let entry = poll_for(
             Duration::from_secs(20),
@@ -208,7 +255,10 @@ fn registrations_come_back_and_every_socket_resyncs_after_etcd_loses_its_data() 
         assert_eq!(entry.value, node);
         assert_ne!(entry.lease, 0, "registered again with a lease");
     }
-    eprintln!("wiped etcd: registrations back after {:?}", wiped.elapsed());
+    eprintln!(
+        "wiped etcd ({wipe:?}): registrations back after {:?}",
+        wiped.elapsed()
+    );
 
     // Every socket gets a fresh SYNC for each of its services, and ends up with etcd's
     // membership (a SYNC taken before a node was written again is followed by its PUT).
@@ -245,12 +295,28 @@ fn registrations_come_back_and_every_socket_resyncs_after_etcd_loses_its_data() 
         }
     }
     eprintln!(
-        "wiped etcd: every socket resynced after {:?}",
+        "wiped etcd ({wipe:?}): every socket resynced after {:?}",
         wiped.elapsed()
     );
     hound.wait_healthy();
     assert_eq!(hound.nodes("api"), pairs(&[("10.0.0.1", 80)]));
     assert_eq!(hound.nodes("web"), pairs(&[("10.0.0.2", 80)]));
+    let posted = hound.post_event(&json!({"event_type": "u", "broadcast": true}));
+    assert_eq!(posted.status, 200, "an event after the wipe: {posted:?}");
+    expect_message(&mut api, &custom_event("*", "u", ""));
+}
+
+#[test]
+fn registrations_come_back_and_every_socket_resyncs_after_etcd_loses_its_data() {
+    registrations_come_back_and_every_socket_resyncs(Wipe::Emptied);
+}
+
+/// A wiped etcd with the same identity whose revision passed hound's before hound reconnected
+/// used to go unnoticed: a node the wipe took stayed in REST answers and every new SYNC. hound
+/// finds its store marker gone.
+#[test]
+fn a_wiped_etcd_that_kept_its_identity_and_passed_hounds_revision_is_noticed() {
+    registrations_come_back_and_every_socket_resyncs(Wipe::EmptiedAndRefilled);
 }
 
 #[test]
@@ -297,4 +363,105 @@ fn wait_for_event_of_nodes(ws: &mut Ws, nodes: &[(&str, u16)]) {
             other => panic!("waiting for membership {wanted:?}: {other:?}"),
         }
     }
+}
+
+/// An etcd out of space refuses every write until an operator compacts, defragments and
+/// disarms its NOSPACE alarm: `/healthz` says so (503, naming the alarm) for as long as the
+/// alarm is raised; registrations and events are refused at once rather than after 3 s; a
+/// closed socket's node still leaves etcd at once. Once the alarm is cleared, all is well.
+#[test]
+fn healthz_names_etcds_nospace_alarm_until_it_is_cleared() {
+    let _w = watchdog();
+    let mut etcd = Etcd::start_with_args(&["--quota-backend-bytes", "1048576"]);
+    let hound = Hound::start(&etcd, &["--ttl", "3"]);
+    let mut leaving = register(&hound, "api", "10.0.0.1", 80);
+    let _ = next_json(&mut leaving, PROMPT);
+    let mut staying = register(&hound, "api", "10.0.0.2", 80);
+    let _ = next_json(&mut staying, PROMPT);
+
+    // Fill etcd until it refuses a write: that raises the alarm.
+    let mut client = etcd.client();
+    let value = "x".repeat(100 * 1024);
+    let mut filler = Vec::new();
+    let refusal = (0..1_000)
+        .find_map(|n| {
+            let key = format!("filler/{n}");
+            let put = client.try_put(&key, &value);
+            filler.push(key);
+            put.err()
+        })
+        .expect("etcd refuses writes past its quota");
+    assert!(refusal.contains("database space exceeded"), "{refusal}");
+    let full = Instant::now();
+    let response = poll_for(
+        Duration::from_secs(5),
+        "/healthz to answer 503 for the alarm",
+        || {
+            let response = hound.get("/healthz");
+            (response.status == 503).then_some(response)
+        },
+    );
+    eprintln!("NOSPACE: /healthz 503 after {:?}", full.elapsed());
+    let body = response.assert_json(503);
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("alarm") && reason.contains("NOSPACE"),
+        "{body}"
+    );
+
+    let asked = Instant::now();
+    match ws_connect(hound.addr(), &register_path("api", "10.0.0.3", 80), &[]) {
+        Ok(_) => panic!("a registration was accepted by an etcd out of space"),
+        Err(response) => response.assert_error(503),
+    }
+    let refused_after = asked.elapsed();
+    let asked = Instant::now();
+    let event = hound.post_event(&json!({"event_type": "t", "broadcast": true}));
+    assert_eq!(event.status, 503, "{event:?}");
+    eprintln!(
+        "NOSPACE: registration refused after {refused_after:?}, event after {:?}",
+        asked.elapsed()
+    );
+    assert!(refused_after < Duration::from_secs(1), "{refused_after:?}");
+
+    // The alarm outlives a restart of etcd; hound's watches reopen all the same (the DELETE
+    // below comes through the service watch).
+    etcd.restart_answering();
+    let mut client = etcd.client();
+    let key = hound.key("api", "10.0.0.1:80");
+    close(leaving);
+    let closed = Instant::now();
+    poll_until(PROMPT, "the closed socket's node to leave etcd", || {
+        client.get(&key).is_none()
+    });
+    eprintln!("NOSPACE: closed node gone after {:?}", closed.elapsed());
+    // Without room for the tombstone, others may take the deletion for an expiry.
+    let message = next_json(&mut staying, PROMPT);
+    assert!(
+        [
+            key_event("api", "DELETE", &[("10.0.0.2", 80)]),
+            key_event("api", "EXPIRE", &[("10.0.0.2", 80)])
+        ]
+        .contains(&message),
+        "{message}"
+    );
+
+    // The operator's remedy: free the space, compact, defragment, disarm.
+    for key in &filler {
+        client.delete(key);
+    }
+    let revision = client.revision();
+    client.compact(revision);
+    client.defragment();
+    client.disarm_alarms();
+    assert_eq!(client.alarms(), []);
+    let cleared = Instant::now();
+    hound.wait_healthy();
+    eprintln!(
+        "NOSPACE: /healthz 200 {:?} after the alarm was cleared",
+        cleared.elapsed()
+    );
+    let mut again = register(&hound, "api", "10.0.0.3", 80);
+    let _ = next_json(&mut again, PROMPT);
+    assert!(registered(&mut client, &hound, "api", "10.0.0.2:80"));
 }

@@ -15,6 +15,7 @@ mod limits;
 mod metrics;
 mod monitor;
 mod register;
+mod registrations;
 mod resilience;
 mod rest;
 mod scenarios;

@@ -20,6 +20,8 @@ pub struct Etcd {
     /// and token (a single member lists only itself).
     name: String,
     cluster: Option<(String, String)>,
+    /// Further flags, e.g. `--quota-backend-bytes`.
+    extra_args: Vec<String>,
 }
 
 impl Etcd {
@@ -32,16 +34,21 @@ impl Etcd {
 
     /// Starts etcd and waits until it answers `/health`.
     pub fn start() -> Etcd {
-        Etcd::start_with(None)
+        Etcd::start_with(None, &[])
+    }
+
+    /// Starts etcd with further flags (`--quota-backend-bytes 1048576`, say).
+    pub fn start_with_args(args: &[&str]) -> Etcd {
+        Etcd::start_with(None, args)
     }
 
     /// Starts a new single-member cluster on `client_port` (the address of a killed member,
     /// say) and waits until it answers `/health`.
     pub fn start_on(client_port: u16) -> Etcd {
-        Etcd::start_with(Some(client_port))
+        Etcd::start_with(Some(client_port), &[])
     }
 
-    fn start_with(client_port: Option<u16>) -> Etcd {
+    fn start_with(client_port: Option<u16>, args: &[&str]) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("hound-test-etcd-")
             .tempdir()
@@ -53,6 +60,7 @@ impl Etcd {
             dir,
             name: "default".to_owned(),
             cluster: None,
+            extra_args: args.iter().map(|&arg| arg.to_owned()).collect(),
         };
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -119,6 +127,7 @@ impl Etcd {
                 "--election-timeout",
                 timing[1],
             ])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
@@ -129,6 +138,12 @@ impl Etcd {
 
     /// Polls `/health` until etcd says it is healthy; false if it exits or the deadline passes.
     fn wait_healthy(&mut self, within: Duration) -> bool {
+        self.wait_for("/health", within)
+    }
+
+    /// Polls `path` until etcd answers it 200 (with `true` for `/health`); false if etcd exits
+    /// or the deadline passes.
+    fn wait_for(&mut self, path: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let addr: SocketAddr = ([127, 0, 0, 1], self.client_port).into();
         while Instant::now() < deadline {
@@ -137,9 +152,9 @@ impl Etcd {
             {
                 return false;
             }
-            if let Ok(response) = try_request(addr, "GET", "/health", &[], b"")
+            if let Ok(response) = try_request(addr, "GET", path, &[], b"")
                 && response.status == 200
-                && response.text().contains("true")
+                && (path != "/health" || response.text().contains("true"))
             {
                 return true;
             }
@@ -215,11 +230,49 @@ impl Etcd {
         );
     }
 
+    /// Starts etcd again on the same ports with the same data, and waits until it answers
+    /// (`/version`) rather than until it is healthy: with an alarm raised it never is.
+    pub fn restart_answering(&mut self) {
+        self.kill();
+        self.spawn();
+        assert!(
+            self.wait_for("/version", Duration::from_secs(15)),
+            "etcd did not come back on its ports; log:\n{}",
+            tail(&self.log(), 20)
+        );
+    }
+
     /// Starts etcd again on the same ports with an empty data dir: a cluster that forgot
     /// everything, leases included.
     pub fn restart_empty(&mut self) {
         self.kill();
         std::fs::remove_dir_all(self.data_dir()).expect("wipe etcd data dir");
+        assert!(
+            self.launch(),
+            "etcd did not come back on its ports; log:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Etcd {
+    /// Starts etcd again with an empty data dir, as [`Etcd::restart_empty`] does, but first on
+    /// another client port, where `fill` writes to it while nobody else can reach it; then on
+    /// its own ports again. Clients come back to a store that has the old one's identity
+    /// (member name, peer URL, cluster id) and whatever revision `fill` took it to.
+    pub fn restart_empty_with(&mut self, fill: impl FnOnce(&mut EtcdClient)) {
+        self.kill();
+        std::fs::remove_dir_all(self.data_dir()).expect("wipe etcd data dir");
+        let own_port = self.client_port;
+        self.client_port = free_port();
+        let hidden = self.client_port != self.peer_port && self.launch();
+        let log = self.log();
+        if hidden {
+            fill(&mut self.client());
+        }
+        self.kill();
+        self.client_port = own_port;
+        assert!(hidden, "etcd did not start on a spare port; log:\n{log}");
         assert!(
             self.launch(),
             "etcd did not come back on its ports; log:\n{}",
@@ -271,6 +324,7 @@ impl EtcdCluster {
                         .expect("create etcd temp dir"),
                     name: format!("m{n}"),
                     cluster: None,
+                    extra_args: Vec::new(),
                 })
                 .collect();
             let mut ports: Vec<u16> = members
@@ -359,6 +413,7 @@ pub struct MemberStatus {
     pub version: String,
     pub leader: u64,
     pub member_id: u64,
+    pub cluster_id: u64,
 }
 
 /// A blocking etcd client over a private current-thread runtime, to change etcd behind hound's
@@ -389,6 +444,55 @@ impl EtcdClient {
             .block_on(async { tokio::time::timeout(Self::CALL, call(client)).await })
             .unwrap_or_else(|_| panic!("etcd {what} timed out"))
             .unwrap_or_else(|err| panic!("etcd {what} failed: {err}"))
+    }
+
+    /// Puts `value` under `key`, or says why etcd refused it.
+    pub fn try_put(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        let client = self.client.clone();
+        let put = async move {
+            let mut client = client;
+            tokio::time::timeout(Self::CALL, client.put(key, value, None)).await
+        };
+        match self.runtime.block_on(put) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// Every alarm raised on the cluster, as `(member id, alarm name)`.
+    pub fn alarms(&mut self) -> Vec<(u64, String)> {
+        use etcd_client::{AlarmAction, AlarmType};
+        let response = self.call("alarm list", |mut c| async move {
+            c.alarm(AlarmAction::Get, AlarmType::None, None).await
+        });
+        response
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm().as_str_name().to_owned()))
+            .collect()
+    }
+
+    /// Clears every alarm, as `etcdctl alarm disarm` does.
+    pub fn disarm_alarms(&mut self) {
+        use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+        let raised = self.call("alarm list", |mut c| async move {
+            c.alarm(AlarmAction::Get, AlarmType::None, None).await
+        });
+        for alarm in raised.alarms() {
+            let mut options = AlarmOptions::new();
+            options.with_member(alarm.member_id());
+            let kind = alarm.alarm();
+            self.call("alarm disarm", |mut c| async move {
+                c.alarm(AlarmAction::Deactivate, kind, Some(options)).await
+            });
+        }
+    }
+
+    /// Defragments the member this client talks to, giving compacted space back.
+    pub fn defragment(&mut self) {
+        self.call("defragment", |mut c| async move { c.defragment().await });
     }
 
     pub fn put(&mut self, key: &str, value: &str) {
@@ -501,10 +605,12 @@ impl EtcdClient {
 
     pub fn status(&mut self) -> MemberStatus {
         let response = self.call("status", |mut c| async move { c.status().await });
+        let header = response.header().expect("status has a header");
         MemberStatus {
             version: response.version().to_owned(),
             leader: response.leader(),
-            member_id: response.header().expect("status has a header").member_id(),
+            member_id: header.member_id(),
+            cluster_id: header.cluster_id(),
         }
     }
 }

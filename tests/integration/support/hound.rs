@@ -40,6 +40,7 @@ const HOUND_ENV: &[&str] = &[
     "HOUND_LOG_FORMAT",
     "HOUND_DNS_PORT",
     "HOUND_DNS_DOMAIN",
+    "HOUND_TEST_HOLD_PUT_BACK",
 ];
 
 /// A `Command` for the hound binary with a clean hound environment.

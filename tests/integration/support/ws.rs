@@ -347,9 +347,12 @@ pub fn registered(etcd: &mut EtcdClient, hound: &Hound, service: &str, host_port
     etcd.get(&hound.key(service, host_port)).is_some()
 }
 
-/// Asserts that nothing at all is stored under hound's namespace.
+/// Asserts that nothing is stored under hound's namespace but its store marker
+/// (`<namespace>/~store`, written once when hound first reads etcd; API.md §2).
 pub fn assert_namespace_empty(etcd: &mut EtcdClient, hound: &Hound, what: &str) {
-    let entries = etcd.get_prefix(&hound.prefix());
+    let marker = format!("{}~store", hound.prefix());
+    let mut entries = etcd.get_prefix(&hound.prefix());
+    entries.retain(|entry| entry.key != marker);
     assert!(
         entries.is_empty(),
         "{what}: expected nothing under {}, found {entries:?}",

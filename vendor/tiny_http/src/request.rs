@@ -489,6 +489,17 @@ impl Request {
         self
     }
 
+    /// hound patch: whether the client has closed the connection (or it broke) while this
+    /// request waits for its answer, without reading anything. `false` when it cannot tell:
+    /// TLS and Unix connections, a request with a body, a pipelined request whose connection
+    /// an earlier request still reads.
+    pub fn client_gone(&self) -> bool {
+        self.upgrade_source
+            .as_ref()
+            .and_then(|source| source.get_ref())
+            .map_or(false, |reader| reader.get_ref().peer_gone())
+    }
+
     /// hound patch: see `upgrade_source`; `is_body` for a `Connection: upgrade` request.
     pub(crate) fn with_upgrade_source(mut self, source: Option<UpgradeSource>, is_body: bool) -> Self {
         self.upgrade_source = source;

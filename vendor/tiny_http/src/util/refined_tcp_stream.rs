@@ -148,18 +148,46 @@ impl RefinedTcpStream {
     /// both are gone (the returned stream is a new descriptor of the same socket). `None` for
     /// TLS and Unix connections.
     pub(crate) fn into_tcp(self) -> Option<IoResult<TcpStream>> {
-        let tcp_stream = match &self.stream {
-            Stream::Http(connection) => match &**connection {
-                Connection::Tcp(tcp_stream) => tcp_stream,
-                #[cfg(unix)]
-                Connection::Unix(_) => return None,
-            },
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(_) => return None,
-        };
+        let tcp_stream = self.tcp()?;
         self.shared.handed_over.store(true, Ordering::Release);
         self.uncount();
         Some(tcp_stream.try_clone())
+    }
+
+    /// hound patch: the plain TCP socket under this stream; `None` for TLS and Unix.
+    fn tcp(&self) -> Option<&TcpStream> {
+        match &self.stream {
+            Stream::Http(connection) => match &**connection {
+                Connection::Tcp(tcp_stream) => Some(tcp_stream),
+                #[cfg(unix)]
+                Connection::Unix(_) => None,
+            },
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => None,
+        }
+    }
+
+    /// hound patch: whether the peer has closed the connection or it broke, found by a peek
+    /// that does not wait (the socket is non-blocking for that moment only: nothing else reads
+    /// it while its request waits for an answer). `false` for TLS and Unix connections.
+    pub(crate) fn peer_gone(&self) -> bool {
+        let tcp_stream = match self.tcp() {
+            Some(tcp_stream) => tcp_stream,
+            None => return false,
+        };
+        if tcp_stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let peeked = tcp_stream.peek(&mut [0; 1]);
+        let _ = tcp_stream.set_nonblocking(false);
+        match peeked {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(err) => !matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+        }
     }
 
     /// hound patch: counts the connection in `count` until both halves are gone or it is

@@ -78,6 +78,16 @@ impl<R: Read + Send> SequentialReader<R> {
     }
 }
 
+impl<R: Read + Send> SequentialReader<R> {
+    /// hound patch: the reader itself, without taking it, if it is this reader's turn.
+    pub fn get_ref(&self) -> Option<&R> {
+        match &self.inner {
+            SequentialReaderInner::MyTurn(reader) => Some(reader),
+            _ => None,
+        }
+    }
+}
+
 impl<W: Write + Send> SequentialWriterBuilder<W> {
     pub fn new(writer: W) -> SequentialWriterBuilder<W> {
         SequentialWriterBuilder {
