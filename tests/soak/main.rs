@@ -227,11 +227,17 @@ fn run(config: &Config) -> Vec<Violation> {
         hound_etcd,
         etcd_urls,
     });
-    for h in 0..HOUNDS {
-        shared
-            .bring_up(h, topology.as_ref())
-            .unwrap_or_else(|err| panic!("hound {h} did not start: {err}"));
-    }
+    // In parallel: each waits for its hound to run idle before the churn starts.
+    thread::scope(|scope| {
+        for h in 0..HOUNDS {
+            let (shared, topology) = (&shared, topology.as_ref());
+            scope.spawn(move || {
+                shared
+                    .bring_up(h, topology)
+                    .unwrap_or_else(|err| panic!("hound {h} did not start: {err}"))
+            });
+        }
+    });
     shared.log(&format!(
         "3 etcd members, 3 hounds{}, TTL {} s; faults: {}; churn for {} s",
         if topology.is_some() { " in network namespaces" } else { "" },

@@ -26,7 +26,7 @@ pub struct Slot {
     pub up: bool,
     /// Frozen with SIGSTOP: the churn leaves it alone.
     pub stopped: bool,
-    /// Its threads when it had just become healthy, with no socket yet.
+    /// Its threads when it first ran idle, with no socket yet.
     pub baseline_threads: usize,
 }
 
@@ -195,11 +195,11 @@ impl Shared {
             return Err(format!("hound {h} not healthy within 20 s; log:\n{log}"));
         }
         let healthy = started.elapsed();
-        let threads = thread_count(pid);
-        let mut world = self.world();
-        let slot = &mut world.slots[h];
-        slot.baseline_threads = threads;
-        slot.up = true;
+        if self.world().slots[h].baseline_threads == 0 {
+            let threads = idle_threads(pid);
+            self.world().slots[h].baseline_threads = threads;
+        }
+        self.world().slots[h].up = true;
         Ok(healthy)
     }
 
@@ -232,6 +232,24 @@ pub fn wait_healthy(addr: SocketAddr, within: Duration) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// The threads of an idle hound: tiny_http keeps the thread of a finished connection (our
+/// `/healthz` polls) for 5 s, so wait until the count has held still for longer than that.
+/// Measured once per hound: a restarted one runs the same threads.
+fn idle_threads(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut count = thread_count(pid);
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(5500) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        let now = thread_count(pid);
+        if now != count {
+            count = now;
+            since = Instant::now();
+        }
+    }
+    count
 }
 
 /// The number of threads of process `pid` (0 if it is gone).
