@@ -78,6 +78,8 @@ struct State {
 /// One change of one registration key (`service/node`).
 #[derive(Debug, Clone)]
 struct KeyChange {
+    revision: i64,
+    lease: i64,
     at: Instant,
     present: bool,
     tombstone: bool,
@@ -150,6 +152,8 @@ fn timeline(namespace: &str, events: &[Event], start: Instant) -> Timeline {
             keys.entry(format!("{service}/{node}"))
                 .or_default()
                 .push(KeyChange {
+                    revision,
+                    lease: event.lease,
                     at: event.at,
                     present: event.put,
                     tombstone,
@@ -187,7 +191,10 @@ fn secs(start: Instant, at: Instant) -> String {
 }
 
 fn show(members: &Members) -> String {
-    let nodes: Vec<String> = members.iter().map(|(ip, port)| format!("{ip}:{port}")).collect();
+    let nodes: Vec<String> = members
+        .iter()
+        .map(|(ip, port)| format!("{ip}:{port}"))
+        .collect();
     format!("[{}]", nodes.join(" "))
 }
 
@@ -200,6 +207,25 @@ fn excerpt_messages(start: Instant, messages: &[&Msg], upto: usize) -> String {
             secs(start, msg.at),
             msg.event,
             show(&msg.members)
+        );
+    }
+    text
+}
+
+/// A key's changes in etcd, one line each, for a report.
+fn key_story(start: Instant, changes: &[KeyChange]) -> String {
+    let mut text = String::new();
+    for change in &changes[changes.len().saturating_sub(8)..] {
+        let what = match (change.present, change.tombstone) {
+            (true, _) => format!("put on lease {:x}", change.lease),
+            (false, true) => "deleted with hound's tombstone (a deregistration)".to_owned(),
+            (false, false) => "deleted without a tombstone (lease expired or revoked)".to_owned(),
+        };
+        let _ = writeln!(
+            text,
+            "      rev {} (recorded t={}) {what}",
+            change.revision,
+            secs(start, change.at)
         );
     }
     text
@@ -331,7 +357,10 @@ fn check_stream(
                 format!("{} where etcd's change was {:?}", msg.event, state.via)
             }
         } else if candidates.iter().any(|&i| states[i].members == msg.members) {
-            format!("{} repeats a membership it already had (no change in etcd)", msg.event)
+            format!(
+                "{} repeats a membership it already had (no change in etcd)",
+                msg.event
+            )
         } else if states[lowest + 1..]
             .iter()
             .any(|s| s.members == msg.members)
@@ -385,7 +414,12 @@ fn check_order(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
 
 /// The end of the latest excusing fault of `hound` that overlaps `[from, to]`; `None` if no
 /// fault does, `Some(None)` if one is still going on.
-fn excused_until(input: &Input, hound: usize, from: Instant, to: Instant) -> Option<Option<Instant>> {
+fn excused_until(
+    input: &Input,
+    hound: usize,
+    from: Instant,
+    to: Instant,
+) -> Option<Option<Instant>> {
     input
         .faults
         .iter()
@@ -404,13 +438,25 @@ fn check_closes(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
             close.hound,
             secs(input.start, close.at)
         );
-        let from = close.at.checked_sub(input.ttl + Duration::from_secs(1)).unwrap_or(input.start);
-        if excused_until(input, close.hound, from, close.at + input.ttl + Duration::from_secs(2))
-            .is_some()
+        let from = close
+            .at
+            .checked_sub(input.ttl + Duration::from_secs(1))
+            .unwrap_or(input.start);
+        if excused_until(
+            input,
+            close.hound,
+            from,
+            close.at + input.ttl + Duration::from_secs(2),
+        )
+        .is_some()
         {
             continue;
         }
-        let changes = timeline.keys.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let changes = timeline
+            .keys
+            .get(&key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         match changes.last() {
             None => out.push(Violation {
                 check: "c",
@@ -422,13 +468,19 @@ fn check_closes(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
                 subject,
                 detail: "the node is still in etcd after its socket closed".to_owned(),
             }),
+            // Gone before the close (its lease expired while the socket was open): there was
+            // nothing left to delete, and (d) reports the expiry.
+            Some(last) if !last.tombstone && last.at < close.at => {}
             Some(last) if !last.tombstone => {
                 let mut seen = String::new();
                 for sock in input.socks.iter().filter(|s| s.subscribes(&close.service)) {
                     let gone = sock.messages().into_iter().find(|m| {
                         m.at >= close.at
                             && m.service == close.service
-                            && !m.members.iter().any(|(ip, port)| format!("{ip}:{port}") == close.node)
+                            && !m
+                                .members
+                                .iter()
+                                .any(|(ip, port)| format!("{ip}:{port}") == close.node)
                     });
                     if let Some(m) = gone {
                         let _ = writeln!(
@@ -446,9 +498,12 @@ fn check_closes(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
                     check: "c",
                     subject,
                     detail: format!(
-                        "the node left etcd without hound's tombstone at t={} (its lease expired: \
-                         hound's delete did not happen), so subscribers saw EXPIRE, not DELETE:\n{seen}",
-                        secs(input.start, last.at)
+                        "the node left etcd without hound's tombstone at t={} (its lease expired \
+                         or was revoked: hound's tombstoned delete did not happen), so \
+                         subscribers were told EXPIRE, not DELETE:\n    etcd:\n{}    what each \
+                         subscriber was told:\n{seen}",
+                        secs(input.start, last.at),
+                        key_story(input.start, changes)
                     ),
                 });
             }
@@ -489,7 +544,11 @@ fn check_live(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
     let slack = Duration::from_secs(1);
     for (key, mut spans) in lives {
         spans.sort_by_key(|s| s.0);
-        let changes = timeline.keys.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let changes = timeline
+            .keys
+            .get(&key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for &(open, close, hound) in &spans {
             // Absences of the key that overlap the socket's life.
             let mut present = true;
@@ -524,9 +583,11 @@ fn check_live(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
                             subject: format!("node {key} on hound {hound}"),
                             detail: format!(
                                 "its lease expired at t={} while its socket was open (since t={}) \
-                                 and its hound was neither frozen, killed nor cut off",
+                                 and its hound was neither frozen, killed nor cut off from every \
+                                 member; etcd:\n{}",
                                 secs(input.start, from),
-                                secs(input.start, open)
+                                secs(input.start, open),
+                                key_story(input.start, changes)
                             ),
                         });
                     }
@@ -549,11 +610,12 @@ fn check_live(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
                         subject: format!("node {key} on hound {hound}"),
                         detail: format!(
                             "missing from etcd for {:.1} s (t={} to t={}) while its socket was \
-                             open, more than the TTL of {} s",
+                             open, more than the TTL of {} s; etcd:\n{}",
                             missing.as_secs_f64(),
                             secs(input.start, counted_from),
                             secs(input.start, to),
-                            input.ttl.as_secs()
+                            input.ttl.as_secs(),
+                            key_story(input.start, changes)
                         ),
                     });
                 }

@@ -34,7 +34,12 @@ fn services(rng: &mut Rng, most: usize) -> Vec<String> {
 
 /// A node address no registration used before: nothing ever connects to it.
 fn node_address(n: usize) -> String {
-    format!("127.1.{}.{}:{}", (n / 250) % 250, n % 250 + 1, 1000 + n / 62_500)
+    format!(
+        "127.1.{}.{}:{}",
+        (n / 250) % 250,
+        n % 250 + 1,
+        1000 + n / 62_500
+    )
 }
 
 /// Runs the churn until `until`.
@@ -55,13 +60,25 @@ pub fn run(shared: &Arc<Shared>, rng: &mut Rng, until: Instant) {
             // 0: register
             if holders.len() < REGISTERED { 6.0 } else { 1.5 },
             // 1: close a register socket
-            if holders.len() > REGISTERED { 5.0 } else if holders.len() > 4 { 1.5 } else { 0.0 },
+            if holders.len() > REGISTERED {
+                5.0
+            } else if holders.len() > 4 {
+                1.5
+            } else {
+                0.0
+            },
             // 2: take a node over
             if holders.is_empty() { 0.0 } else { 1.5 },
             // 3: open a monitor
             if monitors.len() < MONITORS { 3.0 } else { 0.5 },
             // 4: close a monitor
-            if monitors.len() > MONITORS { 3.0 } else if monitors.len() > 2 { 0.7 } else { 0.0 },
+            if monitors.len() > MONITORS {
+                3.0
+            } else if monitors.len() > 2 {
+                0.7
+            } else {
+                0.0
+            },
             // 5: a custom event
             1.0,
         ];

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -224,13 +225,15 @@ fn handshake(addr: SocketAddr, role: &Role) -> Result<WebSocket<TcpStream>, Stri
     let url = format!("ws://{addr}{}", path(role));
     match tungstenite::client(url.as_str(), stream) {
         Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::handshake::HandshakeError::Failure(tungstenite::Error::Http(r))) => Err(
-            format!(
+        Err(tungstenite::handshake::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            let body = r.body().as_deref().unwrap_or_default();
+            Err(format!(
                 "HTTP {}: {}",
-                r.status().as_u16(),
-                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
-            ),
-        ),
+                r.status(),
+                String::from_utf8_lossy(body)
+            ))
+        }
+        Err(tungstenite::handshake::HandshakeError::Failure(err)) => Err(err.to_string()),
         Err(err) => Err(format!("handshake: {err}")),
     }
 }
@@ -269,13 +272,12 @@ fn serve(mut ws: WebSocket<TcpStream>, sock: &Sock, commands: &mpsc::Receiver<Co
                 );
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(err))
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(err) if quiet(&err) => {}
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                sock.finish(Instant::now(), End::Broken("closed without a close frame".into()));
+                sock.finish(
+                    Instant::now(),
+                    End::Broken("closed without a close frame".into()),
+                );
                 return;
             }
             Err(err) => {
@@ -284,6 +286,17 @@ fn serve(mut ws: WebSocket<TcpStream>, sock: &Sock, commands: &mpsc::Receiver<Co
             }
         }
     }
+}
+
+/// A read that found nothing within the tick: not an error.
+fn quiet(err: &tungstenite::Error) -> bool {
+    let tungstenite::Error::Io(err) = err else {
+        return false;
+    };
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn record(sock: &Sock, text: &str) {

@@ -91,7 +91,10 @@ pub fn parse(list: &str) -> Result<BTreeSet<Fault>, String> {
 
 fn unknown(name: &str) -> String {
     let names: Vec<&str> = ALL.iter().map(|f| f.name()).collect();
-    format!("unknown fault {name:?}; known: all, none, {}", names.join(", "))
+    format!(
+        "unknown fault {name:?}; known: all, none, {}",
+        names.join(", ")
+    )
 }
 
 pub fn names(faults: &BTreeSet<Fault>) -> String {
@@ -158,7 +161,11 @@ pub fn reap_crashed(shared: &Shared, topology: Option<&Topology>) {
         );
         let window = open_window(shared, format!("hound-crash of hound {h}"), Some(h), true);
         if let Err(err) = shared.bring_up(h, topology) {
-            shared.violation("e", format!("hound {h}"), format!("did not come back: {err}"));
+            shared.violation(
+                "e",
+                format!("hound {h}"),
+                format!("did not come back: {err}"),
+            );
         }
         close_window(shared, window);
     }
@@ -250,7 +257,11 @@ pub fn hounds(shared: &Arc<Shared>, topology: Option<&Topology>, kinds: &[Fault]
                 kind.name(),
                 lasts.as_secs_f64()
             ),
-            _ => format!("{} of hound {h} for {:.1} s", kind.name(), lasts.as_secs_f64()),
+            _ => format!(
+                "{} of hound {h} for {:.1} s",
+                kind.name(),
+                lasts.as_secs_f64()
+            ),
         };
         let excuses = kind != Fault::Partition;
         match kind {
@@ -268,9 +279,11 @@ pub fn hounds(shared: &Arc<Shared>, topology: Option<&Topology>, kinds: &[Fault]
                     Ok(took) => {
                         shared.recovered("hound-kill: restarted hound healthy", took);
                     }
-                    Err(err) => {
-                        shared.violation("e", format!("hound {h}"), format!("did not restart: {err}"))
-                    }
+                    Err(err) => shared.violation(
+                        "e",
+                        format!("hound {h}"),
+                        format!("did not restart: {err}"),
+                    ),
                 }
                 let _ = restarted;
                 close_window(shared, window);
@@ -319,9 +332,17 @@ fn cluster_healthy(ports: &[u16]) -> bool {
 fn measure_cluster(shared: &Shared, ports: &[u16], what: &str, healed: Instant) {
     let deadline = healed + Duration::from_secs(30);
     loop {
-        let addrs: Vec<_> = shared.world().usable().into_iter().map(|(_, a, _)| a).collect();
+        let addrs: Vec<_> = shared
+            .world()
+            .usable()
+            .into_iter()
+            .map(|(_, a, _)| a)
+            .collect();
         if cluster_healthy(ports) && addrs.into_iter().all(healthy) {
-            shared.recovered(&format!("{what}: cluster and hounds healthy"), healed.elapsed());
+            shared.recovered(
+                &format!("{what}: cluster and hounds healthy"),
+                healed.elapsed(),
+            );
             return;
         }
         if Instant::now() > deadline {
@@ -356,7 +377,9 @@ pub fn members(
     let mut etcd = kv::Etcd::new(shared.etcd_urls.clone());
     let ports: Vec<u16> = {
         let cluster = cluster.lock().unwrap();
-        (0..cluster.len()).map(|m| cluster.member(m).client_port()).collect()
+        (0..cluster.len())
+            .map(|m| cluster.member(m).client_port())
+            .collect()
     };
     while !shared.stopping() {
         shared.sleep_until(Instant::now() + Duration::from_secs_f64(rng.between(1.0, 4.0)));
@@ -367,36 +390,25 @@ pub fn members(
         let m = rng.below(ports.len());
         let lasts = duration(rng);
         match kind {
-            Fault::MemberKill => {
-                let window = open_window(
-                    shared,
-                    format!("member-kill of m{m} for {:.1} s", lasts.as_secs_f64()),
-                    None,
-                    false,
-                );
-                cluster.lock().unwrap().member_mut(m).kill();
+            Fault::MemberKill | Fault::MemberStop => {
+                let what = format!("{} of m{m} for {:.1} s", kind.name(), lasts.as_secs_f64());
+                let window = open_window(shared, what, None, false);
+                if kind == Fault::MemberKill {
+                    cluster.lock().unwrap().member_mut(m).kill();
+                } else {
+                    send_signal(cluster.lock().unwrap().member(m).pid(), libc::SIGSTOP);
+                }
                 shared.sleep_until(Instant::now() + lasts);
-                restart_member(shared, cluster, m);
+                if kind == Fault::MemberKill {
+                    restart_member(shared, cluster, m);
+                } else {
+                    send_signal(cluster.lock().unwrap().member(m).pid(), libc::SIGCONT);
+                }
                 close_window(shared, window);
-                measure_cluster(shared, &ports, "member-kill", Instant::now());
-            }
-            Fault::MemberStop => {
-                let window = open_window(
-                    shared,
-                    format!("member-stop of m{m} for {:.1} s", lasts.as_secs_f64()),
-                    None,
-                    false,
-                );
-                let pid = cluster.lock().unwrap().member(m).pid();
-                send_signal(pid, libc::SIGSTOP);
-                shared.sleep_until(Instant::now() + lasts);
-                send_signal(pid, libc::SIGCONT);
-                close_window(shared, window);
-                measure_cluster(shared, &ports, "member-stop", Instant::now());
+                measure_cluster(shared, &ports, kind.name(), Instant::now());
             }
             Fault::MemberRestart => {
-                let window =
-                    open_window(shared, format!("member-restart of m{m}"), None, false);
+                let window = open_window(shared, format!("member-restart of m{m}"), None, false);
                 restart_member(shared, cluster, m);
                 close_window(shared, window);
                 measure_cluster(shared, &ports, "member-restart", Instant::now());
@@ -410,7 +422,12 @@ pub fn members(
                 if upto < 2 {
                     continue;
                 }
-                let window = open_window(shared, format!("compact up to revision {upto}"), None, false);
+                let window = open_window(
+                    shared,
+                    format!("compact up to revision {upto}"),
+                    None,
+                    false,
+                );
                 if let Err(err) = etcd.compact(upto) {
                     shared.log(&format!("compaction failed: {err}"));
                 }

@@ -17,11 +17,10 @@ const CONNECT: Duration = Duration::from_secs(1);
 /// How long one call may take on one member before the next member is tried.
 const CALL: Duration = Duration::from_secs(2);
 
+/// A current-thread runtime: each thread that talks to etcd has its own.
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build a tokio runtime")
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().build().expect("build a tokio runtime")
 }
 
 async fn connect(url: &str) -> Result<Client, String> {
@@ -124,6 +123,7 @@ pub struct Event {
     pub key: String,
     pub put: bool,
     pub value: String,
+    pub lease: i64,
     /// When the recorder received it: at or after etcd committed it.
     pub at: Instant,
 }
@@ -246,13 +246,12 @@ impl History {
                 asked = Instant::now();
                 let _ = stream.request_progress().await;
             }
-            let response =
-                match tokio::time::timeout(PROGRESS_EVERY, stream.message()).await {
-                    Err(_) => continue,
-                    Ok(Err(err)) => return Err(format!("{url}: {err}")),
-                    Ok(Ok(None)) => return Err(format!("{url}: the watch ended")),
-                    Ok(Ok(Some(response))) => response,
-                };
+            let response = match tokio::time::timeout(PROGRESS_EVERY, stream.message()).await {
+                Err(_) => continue,
+                Ok(Err(err)) => return Err(format!("{url}: {err}")),
+                Ok(Ok(None)) => return Err(format!("{url}: the watch ended")),
+                Ok(Ok(Some(response))) => response,
+            };
             let now = Instant::now();
             if response.compact_revision() > 0 {
                 return Err(format!(
@@ -261,7 +260,10 @@ impl History {
                 ));
             }
             if response.canceled() {
-                return Err(format!("{url}: watch canceled: {}", response.cancel_reason()));
+                return Err(format!(
+                    "{url}: watch canceled: {}",
+                    response.cancel_reason()
+                ));
             }
             answered = now;
             *last_good = now;
@@ -286,6 +288,7 @@ impl History {
                         key: String::from_utf8_lossy(kv.key()).into_owned(),
                         put: event.event_type() == EventType::Put,
                         value: String::from_utf8_lossy(kv.value()).into_owned(),
+                        lease: kv.lease(),
                         at: now,
                     });
                 }

@@ -74,7 +74,9 @@ fn parse_args() -> Result<Mode, String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
             _ => (arg.clone(), None),
         };
         let mut value = || inline.clone().or_else(|| args.next());
@@ -94,11 +96,15 @@ fn parse_args() -> Result<Mode, String> {
         return Ok(Mode::Skip);
     }
     let seconds = match seconds {
-        Some(s) => s.parse().map_err(|_| format!("SOAK_SECONDS/--seconds {s:?} is not a number"))?,
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("SOAK_SECONDS/--seconds {s:?} is not a number"))?,
         None => 60,
     };
     let seed = match seed {
-        Some(s) => s.parse().map_err(|_| format!("SOAK_SEED/--seed {s:?} is not a number"))?,
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("SOAK_SEED/--seed {s:?} is not a number"))?,
         None => {
             // Any seed will do; this one differs between runs.
             let nanos = std::time::SystemTime::now()
@@ -137,7 +143,10 @@ fn main() {
         config.seconds,
         faults::names(&config.faults)
     );
-    println!("soak: seed {} (replay with {replay} cargo test --test soak)", config.seed);
+    println!(
+        "soak: seed {} (replay with {replay} cargo test --test soak)",
+        config.seed
+    );
     // A hung soak must fail, not hang CI: the run, its quiescence and the checks fit well
     // within this.
     let _watchdog = watchdog_for(Duration::from_secs(config.seconds + 240));
@@ -174,7 +183,10 @@ fn main() {
         );
     }
     println!("soak: violations by check: {by_check:?}");
-    println!("soak: FAILED with seed {} (replay with {replay})", config.seed);
+    println!(
+        "soak: FAILED with seed {} (replay with {replay})",
+        config.seed
+    );
     println!("soak: 0 passed, 1 failed");
     std::process::exit(1);
 }
@@ -206,7 +218,10 @@ fn run(config: &Config) -> Vec<Violation> {
         })
         .collect();
     let namespace = support::unique("soak");
-    let history = Arc::new(kv::History::start(etcd_urls.clone(), format!("{namespace}/")));
+    let history = Arc::new(kv::History::start(
+        etcd_urls.clone(),
+        format!("{namespace}/"),
+    ));
     let shared = Arc::new(Shared {
         world: Mutex::new(World {
             slots: (0..HOUNDS)
@@ -240,7 +255,11 @@ fn run(config: &Config) -> Vec<Violation> {
     });
     shared.log(&format!(
         "3 etcd members, 3 hounds{}, TTL {} s; faults: {}; churn for {} s",
-        if topology.is_some() { " in network namespaces" } else { "" },
+        if topology.is_some() {
+            " in network namespaces"
+        } else {
+            ""
+        },
         TTL.as_secs(),
         faults::names(&kinds),
         config.seconds
@@ -260,7 +279,13 @@ fn run(config: &Config) -> Vec<Violation> {
         let members_shared = Arc::clone(&shared);
         let (cluster, history) = (&cluster, &history);
         scope.spawn(move || {
-            faults::members(&members_shared, cluster, history, &member_kinds, &mut member_rng)
+            faults::members(
+                &members_shared,
+                cluster,
+                history,
+                &member_kinds,
+                &mut member_rng,
+            )
         });
         churn::run(&shared, &mut churn_rng, until);
         shared.stop.store(true, Ordering::Release);
@@ -272,7 +297,12 @@ fn run(config: &Config) -> Vec<Violation> {
     while shared.world().pending > 0 && Instant::now() < settle {
         thread::sleep(Duration::from_millis(50));
     }
-    let addrs: Vec<_> = shared.world().usable().into_iter().map(|(_, a, _)| a).collect();
+    let addrs: Vec<_> = shared
+        .world()
+        .usable()
+        .into_iter()
+        .map(|(_, a, _)| a)
+        .collect();
     for addr in addrs {
         wait_healthy(addr, Duration::from_secs(20));
     }
@@ -297,7 +327,11 @@ fn run(config: &Config) -> Vec<Violation> {
     let end = Instant::now();
     let (socks, closes, faults) = {
         let world = shared.world();
-        (world.socks.clone(), world.closes.clone(), world.faults.clone())
+        (
+            world.socks.clone(),
+            world.closes.clone(),
+            world.faults.clone(),
+        )
     };
     let events = history.events();
     let stalls = history.stalls();
@@ -340,7 +374,13 @@ fn differences(shared: &Shared, etcd: &mut kv::Etcd) -> Vec<(&'static str, Strin
     let Some(truth) = etcd_view(shared, etcd) else {
         return vec![("a", "etcd".to_owned(), "did not answer".to_owned())];
     };
-    let socks: Vec<_> = shared.world().socks.iter().filter(|s| s.is_live()).cloned().collect();
+    let socks: Vec<_> = shared
+        .world()
+        .socks
+        .iter()
+        .filter(|s| s.is_live())
+        .cloned()
+        .collect();
     let mut out = Vec::new();
     for sock in socks {
         let view = sock.view();
@@ -355,7 +395,12 @@ fn differences(shared: &Shared, etcd: &mut kv::Etcd) -> Vec<(&'static str, Strin
             if want != have {
                 out.push((
                     "a",
-                    format!("socket {} on hound {} ({})", sock.id, sock.hound, clients::path(&sock.role)),
+                    format!(
+                        "socket {} on hound {} ({})",
+                        sock.id,
+                        sock.hound,
+                        clients::path(&sock.role)
+                    ),
                     format!("{service}: sees {have:?}, etcd holds {want:?}"),
                 ));
             }
@@ -367,7 +412,10 @@ fn differences(shared: &Shared, etcd: &mut kv::Etcd) -> Vec<(&'static str, Strin
             if !held {
                 out.push((
                     "d",
-                    format!("node {service}/{node} of socket {} on hound {}", sock.id, sock.hound),
+                    format!(
+                        "node {service}/{node} of socket {} on hound {}",
+                        sock.id, sock.hound
+                    ),
                     "its socket is open but etcd does not hold it".to_owned(),
                 ));
             }
@@ -383,12 +431,19 @@ fn quiesce(shared: &Shared, etcd: &mut kv::Etcd, when: &str) {
     loop {
         let diffs = differences(shared, etcd);
         if diffs.is_empty() {
-            shared.recovered(&format!("quiescence {when}: every view equals etcd"), started.elapsed());
+            shared.recovered(
+                &format!("quiescence {when}: every view equals etcd"),
+                started.elapsed(),
+            );
             return;
         }
         if started.elapsed() > limit {
             for (check, subject, detail) in diffs {
-                shared.violation(check, subject, format!("{when}, {limit:?} into quiescence: {detail}"));
+                shared.violation(
+                    check,
+                    subject,
+                    format!("{when}, {limit:?} into quiescence: {detail}"),
+                );
             }
             return;
         }
@@ -421,12 +476,18 @@ fn close_everything(shared: &Shared, etcd: &mut kv::Etcd) {
     loop {
         let left = etcd_view(shared, etcd).map(|v| {
             v.into_iter()
-                .flat_map(|(s, m)| m.into_iter().map(move |(ip, port)| format!("{s}/{ip}:{port}")))
+                .flat_map(|(s, m)| {
+                    m.into_iter()
+                        .map(move |(ip, port)| format!("{s}/{ip}:{port}"))
+                })
                 .collect::<Vec<_>>()
         });
         match left {
             Some(left) if left.is_empty() => {
-                shared.recovered("final close of every register socket: etcd empty", started.elapsed());
+                shared.recovered(
+                    "final close of every register socket: etcd empty",
+                    started.elapsed(),
+                );
                 break;
             }
             Some(left) if started.elapsed() > limit => {
@@ -437,7 +498,11 @@ fn close_everything(shared: &Shared, etcd: &mut kv::Etcd) {
                             "known defect (docs/API.md §register 1): {key} was refused yet registered"
                         ));
                     } else {
-                        shared.violation("c", format!("node {key}"), "left in etcd after every socket closed".to_owned());
+                        shared.violation(
+                            "c",
+                            format!("node {key}"),
+                            "left in etcd after every socket closed".to_owned(),
+                        );
                     }
                 }
                 break;
@@ -472,7 +537,9 @@ fn check_threads(shared: &Shared) {
             thread::sleep(Duration::from_millis(200));
             now = thread_count(pid);
         }
-        shared.log(&format!("hound {h}: {now} threads with no socket open (baseline {baseline})"));
+        shared.log(&format!(
+            "hound {h}: {now} threads with no socket open (baseline {baseline})"
+        ));
         if now > baseline {
             shared.violation(
                 "e",
@@ -499,7 +566,10 @@ fn stop_hounds(shared: &Shared) {
             shared.violation(
                 "e",
                 format!("hound {h}"),
-                format!("exited with {status} on SIGTERM; log:\n{}", tail(&hound.stderr(), 20)),
+                format!(
+                    "exited with {status} on SIGTERM; log:\n{}",
+                    tail(&hound.stderr(), 20)
+                ),
             );
         }
     }
@@ -515,7 +585,10 @@ fn summarize(shared: &Shared, socks: &[Arc<clients::Sock>], events: usize) {
             *kinds.entry(msg.event).or_default() += 1;
         }
     }
-    println!("soak: {} sockets, {events} etcd events recorded, messages {kinds:?}, {customs} custom events", socks.len());
+    println!(
+        "soak: {} sockets, {events} etcd events recorded, messages {kinds:?}, {customs} custom events",
+        socks.len()
+    );
     println!("soak: counts {:?}", world.counts);
     for (what, times) in &world.recoveries {
         let max = times.iter().copied().fold(0.0, f64::max);

@@ -129,14 +129,33 @@ impl Topology {
                 let peer = format!("{}p", link.root_dev);
                 let inner_dev = format!("l{l}");
                 ip(&[
-                    "link", "add", &link.root_dev, "type", "veth", "peer", "name", &peer,
+                    "link",
+                    "add",
+                    &link.root_dev,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &peer,
                 ])?;
                 ip(&["link", "set", &peer, "netns", &name])?;
                 in_ns(&name, &["link", "set", &peer, "name", &inner_dev])?;
-                ip(&["addr", "add", &format!("{}/30", link.host), "dev", &link.root_dev])?;
+                ip(&[
+                    "addr",
+                    "add",
+                    &format!("{}/30", link.host),
+                    "dev",
+                    &link.root_dev,
+                ])?;
                 in_ns(
                     &name,
-                    &["addr", "add", &format!("{}/30", link.inner), "dev", &inner_dev],
+                    &[
+                        "addr",
+                        "add",
+                        &format!("{}/30", link.inner),
+                        "dev",
+                        &inner_dev,
+                    ],
                 )?;
                 ip(&["link", "set", &link.root_dev, "up"])?;
                 in_ns(&name, &["link", "set", &inner_dev, "up"])?;
