@@ -32,6 +32,16 @@ fn services(rng: &mut Rng, most: usize) -> Vec<String> {
     picked
 }
 
+/// The weight of closing one of `open` sockets: `above` past the target, `below` under it,
+/// and nothing at `floor` or fewer.
+fn closing(open: usize, target: usize, floor: usize, above: f64, below: f64) -> f64 {
+    match open {
+        n if n > target => above,
+        n if n > floor => below,
+        _ => 0.0,
+    }
+}
+
 /// A node address no registration used before: nothing ever connects to it.
 fn node_address(n: usize) -> String {
     format!(
@@ -48,7 +58,8 @@ pub fn run(shared: &Arc<Shared>, rng: &mut Rng, until: Instant) {
     while Instant::now() < until && !shared.stopping() {
         thread::sleep(Duration::from_secs_f64(rng.between(0.02, 0.12)));
         let (usable, holders, monitors, pending) = {
-            let world = shared.world();
+            let mut world = shared.world();
+            world.prune();
             (
                 world.usable(),
                 world.holders(),
@@ -60,25 +71,13 @@ pub fn run(shared: &Arc<Shared>, rng: &mut Rng, until: Instant) {
             // 0: register
             if holders.len() < REGISTERED { 6.0 } else { 1.5 },
             // 1: close a register socket
-            if holders.len() > REGISTERED {
-                5.0
-            } else if holders.len() > 4 {
-                1.5
-            } else {
-                0.0
-            },
+            closing(holders.len(), REGISTERED, 4, 5.0, 1.5),
             // 2: take a node over
             if holders.is_empty() { 0.0 } else { 1.5 },
             // 3: open a monitor
             if monitors.len() < MONITORS { 3.0 } else { 0.5 },
             // 4: close a monitor
-            if monitors.len() > MONITORS {
-                3.0
-            } else if monitors.len() > 2 {
-                0.7
-            } else {
-                0.0
-            },
+            closing(monitors.len(), MONITORS, 2, 3.0, 0.7),
             // 5: a custom event
             1.0,
         ];
@@ -266,7 +265,7 @@ fn open(
             }
         }
         if let Ok(sock) = result {
-            world.socks.push(sock);
+            world.add(sock);
         }
     });
 }

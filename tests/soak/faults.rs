@@ -176,8 +176,8 @@ fn missing_on(shared: &Shared, etcd: &mut kv::Etcd, h: usize) -> Option<usize> {
     let wanted: BTreeSet<String> = {
         let world = shared.world();
         world
-            .socks
-            .iter()
+            .live
+            .values()
             .filter(|s| s.hound == h && s.is_live())
             .filter_map(|s| s.node().map(|(service, node)| format!("{service}/{node}")))
             .collect()
@@ -332,12 +332,7 @@ fn cluster_healthy(ports: &[u16]) -> bool {
 fn measure_cluster(shared: &Shared, ports: &[u16], what: &str, healed: Instant) {
     let deadline = healed + Duration::from_secs(30);
     loop {
-        let addrs: Vec<_> = shared
-            .world()
-            .usable()
-            .into_iter()
-            .map(|(_, a, _)| a)
-            .collect();
+        let addrs: Vec<_> = shared.world().usable_addrs();
         if cluster_healthy(ports) && addrs.into_iter().all(healthy) {
             shared.recovered(
                 &format!("{what}: cluster and hounds healthy"),

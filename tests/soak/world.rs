@@ -41,6 +41,9 @@ pub struct Node {
 pub struct World {
     pub slots: Vec<Slot>,
     pub socks: Vec<Arc<Sock>>,
+    /// The sockets not known to have ended, by id: the churn picks from these, and a long
+    /// run opens thousands.
+    pub live: BTreeMap<usize, Arc<Sock>>,
     /// By `service/node`.
     pub nodes: BTreeMap<String, Node>,
     pub closes: Vec<CleanClose>,
@@ -75,21 +78,38 @@ impl World {
             .collect()
     }
 
+    pub fn usable_addrs(&self) -> Vec<SocketAddr> {
+        self.usable().into_iter().map(|(_, addr, _)| addr).collect()
+    }
+
+    pub fn add(&mut self, sock: Arc<Sock>) {
+        self.live.insert(sock.id, Arc::clone(&sock));
+        self.socks.push(sock);
+    }
+
+    /// Forgets the sockets that ended.
+    pub fn prune(&mut self) {
+        self.live.retain(|_, s| s.is_live());
+    }
+
     /// Live register sockets that hold their node and are not being taken over.
     pub fn holders(&self) -> Vec<Arc<Sock>> {
-        self.nodes
+        self.live
             .values()
-            .filter(|n| !n.busy)
-            .filter_map(|n| n.holder)
-            .filter_map(|id| self.socks.iter().find(|s| s.id == id))
             .filter(|s| s.is_live())
+            .filter(|s| {
+                let (service, node) = s.node().unwrap_or_default();
+                self.nodes
+                    .get(&format!("{service}/{node}"))
+                    .is_some_and(|n| !n.busy && n.holder == Some(s.id))
+            })
             .cloned()
             .collect()
     }
 
     pub fn live_monitors(&self) -> Vec<Arc<Sock>> {
-        self.socks
-            .iter()
+        self.live
+            .values()
             .filter(|s| s.node().is_none() && s.is_live())
             .cloned()
             .collect()
