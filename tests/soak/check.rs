@@ -53,6 +53,8 @@ pub struct Input<'a> {
     pub stalls: &'a [(Instant, Instant)],
     pub socks: &'a [Arc<Sock>],
     pub faults: &'a [FaultWindow],
+    /// When etcd's history was compacted.
+    pub compactions: &'a [Instant],
     pub closes: &'a [CleanClose],
 }
 
@@ -247,6 +249,9 @@ fn excerpt_states(start: Instant, states: &[State], from: usize) -> String {
     text
 }
 
+/// How much later than a socket the recorder may receive a change (it moves between members).
+const RECORDER_LAG: Duration = Duration::from_secs(5);
+
 /// Whether a message of kind `event` may report reaching `state`.
 fn kind_fits(event: &str, state: &State) -> bool {
     match state.via {
@@ -338,6 +343,34 @@ fn check_stream(
             candidates = next;
             continue;
         }
+        // A hound whose watch fell behind a compaction re-reads etcd and sends SYNC only for
+        // the services whose membership changed meanwhile (docs/API.md §8): changes that left
+        // a membership as it was may be skipped, if a compaction came in between.
+        let previous = if n > 0 {
+            messages[n - 1].at
+        } else {
+            sock.opened
+        };
+        let compacted = input
+            .compactions
+            .iter()
+            .any(|&c| c >= previous && c <= msg.at);
+        let skipped: BTreeSet<usize> = candidates
+            .iter()
+            .flat_map(|&i| {
+                (i + 2..states.len())
+                    .take_while(|&j| states[j].at <= msg.at + RECORDER_LAG)
+                    .filter(move |&j| {
+                        states[j - 1].members == states[i].members
+                            && states[j].members == msg.members
+                            && kind_fits(&msg.event, &states[j])
+                    })
+            })
+            .collect();
+        if compacted && !skipped.is_empty() {
+            candidates = skipped;
+            continue;
+        }
         let why = if candidates
             .iter()
             .any(|&i| i + 1 < states.len() && states[i + 1].members == msg.members)
@@ -366,9 +399,14 @@ fn check_stream(
             .any(|s| s.members == msg.members)
         {
             format!(
-                "{} {} skips changes etcd made in between, with no SYNC",
+                "{} {} skips changes etcd made in between, with no SYNC{}",
                 msg.event,
-                show(&msg.members)
+                show(&msg.members),
+                if skipped.is_empty() {
+                    ""
+                } else {
+                    " (and no compaction since its previous message to explain it)"
+                }
             )
         } else {
             format!(

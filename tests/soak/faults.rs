@@ -192,35 +192,30 @@ fn missing_on(shared: &Shared, etcd: &mut kv::Etcd, h: usize) -> Option<usize> {
     Some(wanted.difference(&held).count())
 }
 
-/// After a hound fault: how long until the hound is healthy, and until its live sockets'
-/// nodes are all in etcd again.
+/// After a hound fault: how long until the hound is healthy, and (if any was lost) until its
+/// open sockets' nodes are all in etcd again.
 fn measure_hound(shared: &Shared, etcd: &mut kv::Etcd, h: usize, what: &str, healed: Instant) {
     let Some(addr) = shared.world().slots[h].hound.as_ref().map(|h| h.addr()) else {
         return;
     };
     let deadline = healed + Duration::from_secs(30);
-    while !healthy(addr) {
-        if Instant::now() > deadline {
-            shared.log(&format!("hound {h} not healthy 30 s after {what} healed"));
+    let mut lost = missing_on(shared, etcd, h).is_some_and(|missing| missing > 0);
+    let mut is_healthy = false;
+    while Instant::now() < deadline {
+        if !is_healthy && healthy(addr) {
+            is_healthy = true;
+            shared.recovered(&format!("{what}: hound healthy"), healed.elapsed());
+        }
+        if lost && missing_on(shared, etcd, h) == Some(0) {
+            lost = false;
+            shared.recovered(&format!("{what}: registrations back"), healed.elapsed());
+        }
+        if is_healthy && !lost {
             return;
         }
         thread::sleep(Duration::from_millis(50));
     }
-    shared.recovered(&format!("{what}: hound healthy"), healed.elapsed());
-    let mut lost = false;
-    while let Some(missing) = missing_on(shared, etcd, h) {
-        if missing == 0 {
-            if lost {
-                shared.recovered(&format!("{what}: registrations back"), healed.elapsed());
-            }
-            return;
-        }
-        lost = true;
-        if Instant::now() > deadline {
-            return;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    shared.log(&format!("hound {h} not recovered 30 s after {what} healed"));
 }
 
 /// Injects hound faults until the soak stops.

@@ -331,6 +331,11 @@ fn run(config: &Config) -> Vec<Violation> {
             world.faults.clone(),
         )
     };
+    let compactions: Vec<Instant> = faults
+        .iter()
+        .filter(|f| f.what.starts_with("compact"))
+        .map(|f| f.start)
+        .collect();
     let events = history.events();
     let stalls = history.stalls();
     let found = check::check(&check::Input {
@@ -342,6 +347,7 @@ fn run(config: &Config) -> Vec<Violation> {
         stalls: &stalls,
         socks: &socks,
         faults: &faults,
+        compactions: &compactions,
         closes: &closes,
     });
     summarize(&shared, &socks, events.len());
