@@ -1,6 +1,6 @@
 //! etcd: a single member, a 3-member cluster, a blocking client, and a direct prefix watch.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -22,6 +22,9 @@ pub struct Etcd {
     cluster: Option<(String, String)>,
     /// Further flags, e.g. `--quota-backend-bytes`.
     extra_args: Vec<String>,
+    /// Addresses besides loopback the member also takes clients on (the host side of a
+    /// network namespace's link, for hounds in that namespace), on the same client port.
+    extra_hosts: Vec<IpAddr>,
 }
 
 impl Etcd {
@@ -61,6 +64,7 @@ impl Etcd {
             name: "default".to_owned(),
             cluster: None,
             extra_args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            extra_hosts: Vec::new(),
         };
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -91,6 +95,9 @@ impl Etcd {
             .open(self.dir.path().join("etcd.log"))
             .expect("open etcd log");
         let client = format!("http://127.0.0.1:{}", self.client_port);
+        let listen: Vec<String> = std::iter::once(client.clone())
+            .chain(self.extra_hosts.iter().map(|host| self.url_on(*host)))
+            .collect();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new(Self::binary());
         let (initial_cluster, token, timing) = match &self.cluster {
@@ -109,7 +116,7 @@ impl Etcd {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen-client-urls")
-            .arg(&client)
+            .arg(listen.join(","))
             .arg("--advertise-client-urls")
             .arg(&client)
             .arg("--listen-peer-urls")
@@ -180,6 +187,11 @@ impl Etcd {
     /// The client URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The client URL on `host`, one of the extra addresses the member listens on.
+    pub fn url_on(&self, host: IpAddr) -> String {
+        format!("http://{}", SocketAddr::new(host, self.client_port))
     }
 
     /// The process id of the running etcd.
@@ -310,6 +322,15 @@ impl EtcdCluster {
     /// Starts `size` members (`m0`, `m1`, …) as one new cluster and waits until each answers
     /// `/health` (which needs an elected leader).
     pub fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_listening_also(size, |_| Vec::new())
+    }
+
+    /// Like [`EtcdCluster::start`], member `n` also taking clients on the addresses
+    /// `extra_hosts(n)` (which must exist when it starts).
+    pub fn start_listening_also(
+        size: usize,
+        extra_hosts: impl Fn(usize) -> Vec<IpAddr>,
+    ) -> EtcdCluster {
         let mut last_logs = String::new();
         for _attempt in 0..3 {
             let token = unique("hound-test-cluster");
@@ -325,6 +346,7 @@ impl EtcdCluster {
                     name: format!("m{n}"),
                     cluster: None,
                     extra_args: Vec::new(),
+                    extra_hosts: extra_hosts(n),
                 })
                 .collect();
             let mut ports: Vec<u16> = members

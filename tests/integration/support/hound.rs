@@ -45,7 +45,21 @@ const HOUND_ENV: &[&str] = &[
 
 /// A `Command` for the hound binary with a clean hound environment.
 pub fn hound_command() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hound"));
+    hound_command_under(&[])
+}
+
+/// Like [`hound_command`], run by `wrapper` (a command that ends by running its arguments, such
+/// as `ip netns exec NAME`) when that is not empty.
+pub fn hound_command_under(wrapper: &[String]) -> Command {
+    let hound = env!("CARGO_BIN_EXE_hound");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(hound);
+            command
+        }
+        None => Command::new(hound),
+    };
     for name in HOUND_ENV {
         command.env_remove(name);
     }
@@ -101,6 +115,7 @@ pub struct HoundBuilder {
     event_namespace: String,
     wait_healthy: bool,
     fd_limit: Option<u64>,
+    wrapper: Vec<String>,
 }
 
 impl HoundBuilder {
@@ -108,6 +123,13 @@ impl HoundBuilder {
     /// raise its descriptor limit.
     pub fn fd_limit(mut self, limit: u64) -> Self {
         self.fd_limit = Some(limit);
+        self
+    }
+
+    /// Runs hound through `wrapper` (see [`hound_command_under`]); its pid is still hound's
+    /// as long as the wrapper execs its command.
+    pub fn run_under<S: Into<String>>(mut self, wrapper: impl IntoIterator<Item = S>) -> Self {
+        self.wrapper = wrapper.into_iter().map(Into::into).collect();
         self
     }
 
@@ -168,7 +190,7 @@ impl HoundBuilder {
     /// until `/healthz` answers 200, as an orchestrator's readiness probe would: hound may answer
     /// 503 for the moment between listening and its first read of etcd.
     pub fn start(self) -> Hound {
-        let mut command = hound_command();
+        let mut command = hound_command_under(&self.wrapper);
         if self.port_flag {
             command.args(["-p", "0"]);
         }
@@ -300,6 +322,7 @@ impl Hound {
             event_namespace: unique("evt"),
             wait_healthy: true,
             fd_limit: None,
+            wrapper: Vec::new(),
         }
     }
 
