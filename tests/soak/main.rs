@@ -37,9 +37,12 @@ use world::{Shared, Slot, TTL, World, thread_count, wait_healthy};
 
 const HOUNDS: usize = 3;
 const MEMBERS: usize = 3;
-/// The faults a run without `SOAK_FAULTS` injects: every kind (member faults and partitions
-/// from some members too, since the member failover of issue 16).
-const DEFAULT_FAULTS: &str = "all";
+/// The faults a run without `SOAK_FAULTS` injects: every kind but member freezes. A frozen
+/// *leader* that resumes after more than the TTL revokes leases for a moment (etcd's own defect,
+/// etcd-io/etcd#15247): the checker cannot yet tell those revocations from hound's, so a run
+/// with `member-stop` fails on etcd's account whenever the leader is frozen past the TTL.
+/// Follower freezes are covered by `tests/integration/failover.rs`.
+const DEFAULT_FAULTS: &str = "all,-member-stop";
 
 struct Config {
     seconds: u64,
