@@ -269,7 +269,6 @@ pub fn hounds(shared: &Arc<Shared>, topology: Option<&Topology>, kinds: &[Fault]
                 };
                 drop(hound); // SIGKILL, and reaped.
                 shared.sleep_until(Instant::now() + lasts);
-                let restarted = Instant::now();
                 match shared.bring_up(h, topology) {
                     Ok(took) => {
                         shared.recovered("hound-kill: restarted hound healthy", took);
@@ -280,7 +279,6 @@ pub fn hounds(shared: &Arc<Shared>, topology: Option<&Topology>, kinds: &[Fault]
                         format!("did not restart: {err}"),
                     ),
                 }
-                let _ = restarted;
                 close_window(shared, window);
             }
             Fault::HoundStop => {
