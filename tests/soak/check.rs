@@ -23,6 +23,10 @@ pub struct FaultWindow {
     /// from every member. (A member fault, or a hound cut off from some members, excuses
     /// nothing: the hound must carry on through the others.)
     pub excuses: bool,
+    /// A `member-stop` that froze the leader: when it resumes after a freeze of some seconds,
+    /// etcd's old leader revokes the leases that expired by its own clock before it steps down
+    /// (etcd-io/etcd#15247), whoever kept them alive.
+    pub leader_frozen: bool,
     pub start: Instant,
     pub end: Option<Instant>,
 }
@@ -467,6 +471,24 @@ fn excused_until(
         .max_by_key(|end| end.map_or((1, None), |e| (0, Some(e))))
 }
 
+/// How long after a frozen leader resumes its revocations may still land.
+const REVOKE_WINDOW: Duration = Duration::from_secs(2);
+/// A freeze shorter than this leaves every lease time to spare (keep-alives come every TTL/3).
+const REVOKING_FREEZE: Duration = Duration::from_secs(2);
+
+/// Whether a lease that ended at `at` may have been revoked by a frozen leader resuming: etcd's
+/// doing, which no hound can prevent.
+fn revoked_by_resumed_leader(input: &Input, at: Instant) -> bool {
+    input.faults.iter().any(|f| {
+        f.leader_frozen
+            && f.end.is_some_and(|end| {
+                end.duration_since(f.start) >= REVOKING_FREEZE
+                    && at >= end
+                    && at <= end + REVOKE_WINDOW
+            })
+    })
+}
+
 fn check_closes(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
     for close in input.closes {
         let key = format!("{}/{}", close.service, close.node);
@@ -509,6 +531,8 @@ fn check_closes(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
             // Gone before the close (its lease expired while the socket was open): there was
             // nothing left to delete, and (d) reports the expiry.
             Some(last) if !last.tombstone && last.at < close.at => {}
+            // A resumed leader revoked the lease before hound's delete came through.
+            Some(last) if !last.tombstone && revoked_by_resumed_leader(input, last.at) => {}
             Some(last) if !last.tombstone => {
                 let mut seen = String::new();
                 for sock in input.socks.iter().filter(|s| s.subscribes(&close.service)) {
@@ -615,7 +639,9 @@ fn check_live(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
                     let window_from = from
                         .checked_sub(input.ttl + Duration::from_secs(2))
                         .unwrap_or(input.start);
-                    if excused_until(input, hound, window_from, from + slack).is_none() {
+                    if excused_until(input, hound, window_from, from + slack).is_none()
+                        && !revoked_by_resumed_leader(input, from)
+                    {
                         out.push(Violation {
                             check: "d",
                             subject: format!("node {key} on hound {hound}"),

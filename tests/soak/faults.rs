@@ -112,6 +112,16 @@ fn duration(rng: &mut Rng) -> Duration {
 }
 
 fn open_window(shared: &Shared, what: String, hound: Option<usize>, excuses: bool) -> usize {
+    open_window_with(shared, what, hound, excuses, false)
+}
+
+fn open_window_with(
+    shared: &Shared,
+    what: String,
+    hound: Option<usize>,
+    excuses: bool,
+    leader_frozen: bool,
+) -> usize {
     shared.log(&format!("fault: {what}"));
     let mut world = shared.world();
     world.count(&format!("fault {}", what.split(' ').next().unwrap_or("")));
@@ -119,6 +129,7 @@ fn open_window(shared: &Shared, what: String, hound: Option<usize>, excuses: boo
         what,
         hound,
         excuses,
+        leader_frozen,
         start: Instant::now(),
         end: None,
     });
@@ -269,7 +280,6 @@ pub fn hounds(shared: &Arc<Shared>, topology: Option<&Topology>, kinds: &[Fault]
                 };
                 drop(hound); // SIGKILL, and reaped.
                 shared.sleep_until(Instant::now() + lasts);
-                let restarted = Instant::now();
                 match shared.bring_up(h, topology) {
                     Ok(took) => {
                         shared.recovered("hound-kill: restarted hound healthy", took);
@@ -280,7 +290,6 @@ pub fn hounds(shared: &Arc<Shared>, topology: Option<&Topology>, kinds: &[Fault]
                         format!("did not restart: {err}"),
                     ),
                 }
-                let _ = restarted;
                 close_window(shared, window);
             }
             Fault::HoundStop => {
@@ -381,8 +390,15 @@ pub fn members(
         let lasts = duration(rng);
         match kind {
             Fault::MemberKill | Fault::MemberStop => {
-                let what = format!("{} of m{m} for {:.1} s", kind.name(), lasts.as_secs_f64());
-                let window = open_window(shared, what, None, false);
+                let leader = etcd.is_leader(&shared.etcd_urls[m]) == Some(true);
+                let what = format!(
+                    "{} of m{m}{} for {:.1} s",
+                    kind.name(),
+                    if leader { " (the leader)" } else { "" },
+                    lasts.as_secs_f64()
+                );
+                let leader_frozen = leader && kind == Fault::MemberStop;
+                let window = open_window_with(shared, what, None, false, leader_frozen);
                 if kind == Fault::MemberKill {
                     cluster.lock().unwrap().member_mut(m).kill();
                 } else {

@@ -107,6 +107,18 @@ impl Etcd {
         self.get_prefix("\0").map(|(revision, _)| revision)
     }
 
+    /// Whether the member at `url` is the cluster's leader (`None` if it does not answer).
+    pub fn is_leader(&mut self, url: &str) -> Option<bool> {
+        self.runtime.block_on(async {
+            let mut client = connect(url).await.ok()?;
+            let status = tokio::time::timeout(CALL, client.status())
+                .await
+                .ok()?
+                .ok()?;
+            Some(status.header()?.member_id() == status.leader())
+        })
+    }
+
     /// Compacts the history up to `revision` (physically: the gap is real at once).
     pub fn compact(&mut self, revision: i64) -> Result<(), String> {
         self.on_any(|mut client| async move {

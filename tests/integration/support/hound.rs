@@ -49,16 +49,18 @@ pub fn hound_command() -> Command {
 }
 
 /// Like [`hound_command`], run by `wrapper` (a command that ends by running its arguments, such
-/// as `ip netns exec NAME`) when that is not empty.
+/// as `ip netns exec NAME`) when that is not empty. `$HOUND_TEST_HOUND` names another hound
+/// binary than this build's (to run the tests against another build).
 pub fn hound_command_under(wrapper: &[String]) -> Command {
-    let hound = env!("CARGO_BIN_EXE_hound");
+    let hound =
+        std::env::var_os("HOUND_TEST_HOUND").unwrap_or_else(|| env!("CARGO_BIN_EXE_hound").into());
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
             let mut command = Command::new(program);
-            command.args(args).arg(hound);
+            command.args(args).arg(&hound);
             command
         }
-        None => Command::new(hound),
+        None => Command::new(&hound),
     };
     for name in HOUND_ENV {
         command.env_remove(name);
