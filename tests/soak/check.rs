@@ -57,8 +57,8 @@ pub struct Input<'a> {
     pub stalls: &'a [(Instant, Instant)],
     pub socks: &'a [Arc<Sock>],
     pub faults: &'a [FaultWindow],
-    /// When etcd's history was compacted.
-    pub compactions: &'a [Instant],
+    /// When etcd's history was compacted, and up to which revision.
+    pub compactions: &'a [(Instant, i64)],
     pub closes: &'a [CleanClose],
 }
 
@@ -349,18 +349,17 @@ fn check_stream(
         }
         // A hound whose watch fell behind a compaction re-reads etcd and sends SYNC only for
         // the services whose membership changed meanwhile (docs/API.md §8): changes that left
-        // a membership as it was may be skipped, if a compaction came in between.
-        let previous = if n > 0 {
-            messages[n - 1].at
-        } else {
-            sock.opened
-        };
-        let compacted = input
-            .compactions
-            .iter()
-            .any(|&c| c >= previous && c <= msg.at);
+        // a membership as it was may be skipped, if etcd compacted past the socket's state
+        // before the message came (the hound had applied at least that state, and could not
+        // resume from it).
         let skipped: BTreeSet<usize> = candidates
             .iter()
+            .filter(|&&i| {
+                input
+                    .compactions
+                    .iter()
+                    .any(|&(at, revision)| revision > states[i].revision && at <= msg.at)
+            })
             .flat_map(|&i| {
                 (i + 2..states.len())
                     .take_while(|&j| states[j].at <= msg.at + RECORDER_LAG)
@@ -371,7 +370,7 @@ fn check_stream(
                     })
             })
             .collect();
-        if compacted && !skipped.is_empty() {
+        if !skipped.is_empty() {
             candidates = skipped;
             continue;
         }
@@ -406,11 +405,7 @@ fn check_stream(
                 "{} {} skips changes etcd made in between, with no SYNC{}",
                 msg.event,
                 show(&msg.members),
-                if skipped.is_empty() {
-                    ""
-                } else {
-                    " (and no compaction since its previous message to explain it)"
-                }
+                " (and no compaction past its state to explain it)"
             )
         } else {
             format!(

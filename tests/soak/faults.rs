@@ -434,6 +434,8 @@ pub fn members(
                     None,
                     false,
                 );
+                // Recorded before it is asked for: a hound may fall behind it at once.
+                shared.world().compactions.push((Instant::now(), upto));
                 if let Err(err) = etcd.compact(upto) {
                     shared.log(&format!("compaction failed: {err}"));
                 }

@@ -333,11 +333,7 @@ fn run(config: &Config) -> Vec<Violation> {
             world.faults.clone(),
         )
     };
-    let compactions: Vec<Instant> = faults
-        .iter()
-        .filter(|f| f.what.starts_with("compact"))
-        .map(|f| f.start)
-        .collect();
+    let compactions = shared.world().compactions.clone();
     let events = history.events();
     let stalls = history.stalls();
     let found = check::check(&check::Input {

@@ -48,6 +48,8 @@ pub struct World {
     pub nodes: BTreeMap<String, Node>,
     pub closes: Vec<CleanClose>,
     pub faults: Vec<FaultWindow>,
+    /// Each compaction: when it was asked for, and up to which revision.
+    pub compactions: Vec<(Instant, i64)>,
     pub violations: Vec<Violation>,
     /// Recovery times in seconds, by what recovered after which fault.
     pub recoveries: BTreeMap<String, Vec<f64>>,
