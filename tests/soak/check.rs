@@ -27,8 +27,51 @@ pub struct FaultWindow {
     /// etcd's old leader revokes the leases that expired by its own clock before it steps down
     /// (etcd-io/etcd#15247), whoever kept them alive.
     pub leader_frozen: bool,
+    /// The members it takes away: those a partition or isolation cuts its hound off from, or
+    /// the one member a member fault stops.
+    pub members: Vec<usize>,
     pub start: Instant,
     pub end: Option<Instant>,
+}
+
+/// The times a partition of a hound from some members and a fault of the remaining member(s)
+/// together leave it no member to reach, as excusing windows: then its leases may lapse as
+/// under `isolate` (seed 1301: cut off from m0 and m2 while m1 was killed).
+pub fn combined_isolations(faults: &[FaultWindow], members: usize) -> Vec<FaultWindow> {
+    let partitions = faults
+        .iter()
+        .filter(|f| f.hound.is_some() && !f.excuses && !f.members.is_empty());
+    let mut found = Vec::new();
+    for partition in partitions {
+        let member_faults = faults
+            .iter()
+            .filter(|f| f.hound.is_none() && !f.members.is_empty());
+        for member_fault in member_faults {
+            let reachable = (0..members)
+                .any(|m| !partition.members.contains(&m) && !member_fault.members.contains(&m));
+            if reachable {
+                continue;
+            }
+            let start = partition.start.max(member_fault.start);
+            let end = match (partition.end, member_fault.end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if end.is_some_and(|end| end <= start) {
+                continue;
+            }
+            found.push(FaultWindow {
+                what: format!("{} while {}", partition.what, member_fault.what),
+                hound: partition.hound,
+                excuses: true,
+                leader_frozen: false,
+                members: (0..members).collect(),
+                start,
+                end,
+            });
+        }
+    }
+    found
 }
 
 /// A register socket we closed (or dropped) while it held its node.

@@ -142,6 +142,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    println!(
+        "soak: t=0 is {:.3} s since the Unix epoch (for hound's logs: SOAK_LOG_DIR, SOAK_HOUND_LOG)",
+        since_epoch.as_secs_f64()
+    );
     let replay = format!(
         "SOAK_SEED={} SOAK_SECONDS={} SOAK_FAULTS={}",
         config.seed,
@@ -325,7 +332,7 @@ fn run(config: &Config) -> Vec<Violation> {
         shared.violation("infrastructure", "history recorder".to_owned(), lost);
     }
     let end = Instant::now();
-    let (socks, closes, faults) = {
+    let (socks, closes, mut faults) = {
         let world = shared.world();
         (
             world.socks.clone(),
@@ -333,6 +340,11 @@ fn run(config: &Config) -> Vec<Violation> {
             world.faults.clone(),
         )
     };
+    let combined = check::combined_isolations(&faults, MEMBERS);
+    for window in &combined {
+        shared.log(&format!("cut off from every member: {}", window.what));
+    }
+    faults.extend(combined);
     let compactions = shared.world().compactions.clone();
     let events = history.events();
     let stalls = history.stalls();
@@ -564,6 +576,7 @@ fn stop_hounds(shared: &Shared) {
         .collect();
     for (h, mut hound) in hounds {
         let (status, _) = hound.terminate(Duration::from_secs(10));
+        shared.keep_log(h, &hound);
         if !status.success() {
             shared.violation(
                 "e",
