@@ -79,7 +79,10 @@ fn synced_leader(ws: &mut Ws, service: &str) -> Value {
     assert_eq!(sync["body"]["key_event"], "SYNC", "SYNC first: {sync}");
     assert_eq!(sync["namespace"], service);
     let leader = next_json(ws, PROMPT);
-    assert_eq!(leader["body"]["key_event"], "LEADER", "then LEADER: {leader}");
+    assert_eq!(
+        leader["body"]["key_event"], "LEADER",
+        "then LEADER: {leader}"
+    );
     leader
 }
 
@@ -104,7 +107,10 @@ fn as_rest(message: &Value) -> Value {
 /// when the last campaigner leaves the leader is null, with a still higher rev.
 fn first_campaigner_leads_and_the_next_follows_at_once(backend: Backend) {
     let hound = backend.start(&["--ttl", &TTL.to_string()]);
-    assert_eq!(rest_leader(&hound, "api"), json!({"leader": null, "rev": 0}));
+    assert_eq!(
+        rest_leader(&hound, "api"),
+        json!({"leader": null, "rev": 0})
+    );
     let mut watcher = monitor_synced(&hound, &["api"]);
     expect_no_message(&mut watcher, QUIET);
 
@@ -112,11 +118,19 @@ fn first_campaigner_leads_and_the_next_follows_at_once(backend: Backend) {
     let own = synced_leader(&mut first, "api");
     let r1 = rev(&own);
     assert_eq!(own, leader_event("api", node("10.0.0.1", 80), r1));
-    assert_eq!(rest_leader(&hound, "api"), as_rest(&own), "REST agrees at once");
+    assert_eq!(
+        rest_leader(&hound, "api"),
+        as_rest(&own),
+        "REST agrees at once"
+    );
     assert_eq!(next_leader(&mut watcher, "api", PROMPT), own);
 
     let mut second = campaign(&hound, "api", "10.0.0.2", 80);
-    assert_eq!(synced_leader(&mut second, "api"), own, "the first still leads");
+    assert_eq!(
+        synced_leader(&mut second, "api"),
+        own,
+        "the first still leads"
+    );
     expect_no_leader(&mut watcher, QUIET);
     expect_no_leader(&mut first, QUIET);
 
@@ -132,7 +146,11 @@ fn first_campaigner_leads_and_the_next_follows_at_once(backend: Backend) {
         "the next led after {took:?}: no TTL wait"
     );
     eprintln!("{backend:?}: the next campaigner led {took:?} after the leader's socket closed");
-    assert_eq!(next_leader(&mut second, "api", PROMPT), next, "and it hears so");
+    assert_eq!(
+        next_leader(&mut second, "api", PROMPT),
+        next,
+        "and it hears so"
+    );
     assert_eq!(rest_leader(&hound, "api"), as_rest(&next));
 
     close(second);
@@ -140,7 +158,10 @@ fn first_campaigner_leads_and_the_next_follows_at_once(backend: Backend) {
     let r3 = rev(&none);
     assert_eq!(none, leader_event("api", Value::Null, r3));
     assert!(r3 > r2, "rev rises: {r2} then {r3}");
-    assert_eq!(rest_leader(&hound, "api"), json!({"leader": null, "rev": r3}));
+    assert_eq!(
+        rest_leader(&hound, "api"),
+        json!({"leader": null, "rev": r3})
+    );
     // A plain registration neither campaigns nor hears of an election it has no part in.
     let mut plain = register(&hound, "db", "10.0.0.3", 5432);
     let sync = next_json(&mut plain, PROMPT);
@@ -177,7 +198,11 @@ fn a_takeover_of_the_leader_keeps_the_lead(backend: Backend) {
         read_close(&mut older, PROMPT).map(|(code, _)| code),
         Some(4000)
     );
-    assert_eq!(synced_leader(&mut newer, "api"), own, "it still leads, same rev");
+    assert_eq!(
+        synced_leader(&mut newer, "api"),
+        own,
+        "it still leads, same rev"
+    );
     expect_no_leader(&mut watcher, Duration::from_secs(TTL) + QUIET);
     assert_eq!(rest_leader(&hound, "api"), as_rest(&own));
     if let Some(etcd) = hound.etcd() {
