@@ -277,6 +277,40 @@ fn when_the_leaders_hound_dies_the_next_leads_after_the_ttl() {
     drop(leader);
 }
 
+/// etcd loses a campaigner's lease (revoked by hand): its campaign key goes with it, and hound
+/// registers the node again on a new lease with a new campaign key, which leads again (it is
+/// the only campaigner) with a higher rev.
+#[test]
+fn a_lost_lease_campaigns_again_on_the_new_one() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &["--ttl", &TTL.to_string()]);
+    let mut watcher = monitor_synced(&hound, &["api"]);
+    let _campaigner = campaign(&hound, "api", "10.0.0.1", 80);
+    let first = next_leader(&mut watcher, "api", PROMPT);
+    let mut client = etcd.client();
+    let lease = client
+        .get(&hound.key("api", "10.0.0.1:80"))
+        .expect("registered")
+        .lease;
+    client.lease_revoke(lease);
+    let none = next_leader(&mut watcher, "api", PROMPT);
+    assert_eq!(none["body"]["leader"], Value::Null);
+    let again = next_leader(&mut watcher, "api", Duration::from_secs(TTL) + PROMPT);
+    assert_eq!(again["body"]["leader"], node("10.0.0.1", 80));
+    assert!(rev(&again) > rev(&none) && rev(&none) > rev(&first));
+    let new_lease = client
+        .get(&hound.key("api", "10.0.0.1:80"))
+        .expect("registered again")
+        .lease;
+    assert_ne!(new_lease, lease);
+    let keys = client.get_prefix("election/api/");
+    assert_eq!(
+        keys.iter().map(|k| k.key.clone()).collect::<Vec<_>>(),
+        [format!("election/api/{new_lease:x}")]
+    );
+}
+
 /// Monitors on two hounds of one cluster see the same leaders with the same revs.
 #[test]
 fn monitors_on_two_hounds_agree_on_every_leader() {
