@@ -11,6 +11,7 @@ mod app;
 pub mod config;
 mod context;
 mod dns;
+mod election;
 mod embedded;
 mod error;
 mod etcd;

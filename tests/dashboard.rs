@@ -171,6 +171,40 @@ fn dashboard_passes_the_token_on() {
     page.assert_no_exceptions();
 }
 
+#[test]
+fn dashboard_marks_the_leader() {
+    let _watchdog = watchdog();
+    let hound = Hound::start(&["--embedded", "-p", "0"]);
+    let first = campaign(hound.addr, "api", "10.0.0.1", 80);
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("http://{}/", hound.addr));
+    page.wait_for("the leader marked after the SYNC", |p| {
+        service(p, "api").is_some_and(|s| s["leads"] == "10.0.0.1:80")
+    });
+    let second = campaign(hound.addr, "api", "10.0.0.2", 80);
+    page.wait_for("both nodes, the first still leading", |p| {
+        nodes(p, "api") == Some(vec!["10.0.0.1:80", "10.0.0.2:80"])
+            && service(p, "api").is_some_and(|s| s["leads"] == "10.0.0.1:80")
+    });
+    first.close();
+    page.wait_for("the second leading, and a LEADER event", |p| {
+        service(p, "api").is_some_and(|s| s["leads"] == "10.0.0.2:80")
+            && p["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["kind"] == "LEADER"
+                        && e["body"]
+                            .as_str()
+                            .is_some_and(|b| b.starts_with("10.0.0.2:80 (rev "))
+                })
+            })
+    });
+    second.close();
+    page.wait_for("no leader once the last campaigner left", |p| {
+        service(p, "api").is_some_and(|s| s["leads"].is_null() && s["empty"] == true)
+    });
+    page.assert_no_exceptions();
+}
+
 // ---------------------------------------------------------------------------------------------
 // What the page shows
 // ---------------------------------------------------------------------------------------------
@@ -190,6 +224,8 @@ const SNAPSHOT: &str = r##"(() => {
       name: s.dataset.service,
       empty: s.classList.contains("empty"),
       nodes: [...s.querySelectorAll("[data-node]")].map((n) => n.dataset.node),
+      leads: s.querySelector("li[data-leader]")?.dataset.node
+        ?? s.querySelector(".leader-note")?.dataset.leader ?? null,
     })),
     events: [...document.querySelectorAll("#events > li")].map((li) => ({
       kind: li.dataset.kind,
@@ -606,6 +642,18 @@ fn register(addr: SocketAddr, service: &str, ip: &str, port: u16, token: &str) -
     } else {
         format!("{url}&token={token}")
     };
+    open_registration(&url)
+}
+
+/// A register socket that campaigns for leadership of its service.
+fn campaign(addr: SocketAddr, service: &str, ip: &str, port: u16) -> Registration {
+    open_registration(&format!(
+        "ws://{addr}/etcd/register?service={service}&ip={ip}&port={port}&campaign=1"
+    ))
+}
+
+fn open_registration(url: &str) -> Registration {
+    let url = url.to_owned();
     let mut socket = ws_connect(&url);
     // Its own SYNC comes first, once the registration is in place.
     let deadline = Instant::now() + PROMPT;

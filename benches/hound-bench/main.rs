@@ -8,10 +8,11 @@
 //!
 //! Options (after `--`): `--quick` (smaller counts, for trying the bench out; not comparable),
 //! `--only SECTION[,SECTION…]` (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`,
-//! `sse`), and
+//! `sse`, `leader`), and
 //! `--update-docs` (rewrite the generated section of `docs/performance.md`).
 
 mod discovery;
+mod election;
 mod etcd;
 mod http;
 mod procs;
@@ -50,7 +51,8 @@ const MIB: u64 = 1024 * 1024;
 struct Options {
     quick: bool,
     update_docs: bool,
-    /// Sections to run (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`, `sse`);
+    /// Sections to run (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`, `sse`,
+    /// `leader`);
     /// all if empty.
     only: Vec<String>,
 }
@@ -248,6 +250,11 @@ fn run(options: &Options, report: &mut Report, fd_limit: FdLimit) -> Result<(), 
         report.failed("1", "fan-out", &err);
     }
 
+    if options.runs("leader")
+        && let Err(err) = election::leader_change(options, &etcd, report)
+    {
+        report.failed("7", "leader change", &err);
+    }
     if options.runs("dns")
         && let Err(err) = discovery::dns(options, &etcd, &writer, report)
     {

@@ -11,13 +11,13 @@ use tokio::time::Instant;
 
 use super::events::Publisher;
 use super::health::HealthState;
-use super::lease::{self, Kept, Lease, Write, Written};
+use super::lease::{self, Campaigning, Kept, Lease, Write, Written};
 use super::members::Members;
 use super::watch;
 use super::{Abandon, ClusterStatus, Command, Settings};
 use crate::error::{Error, Result};
 use crate::hub::{Hub, SocketId};
-use crate::keys::ServiceKeys;
+use crate::keys::{ElectionKeys, ServiceKeys};
 use crate::metrics;
 use crate::names::Node;
 use crate::owners::{self, Owners, Replaced};
@@ -28,12 +28,15 @@ struct Held {
     /// The current lease; the keeper replaces it if etcd forgets the old one.
     lease: Rc<Lease>,
     keeper: AbortHandle,
+    /// Whether the registration campaigns, with a key on `lease`.
+    campaign: bool,
 }
 
 struct Registry {
     members: Members,
     settings: Rc<Settings>,
     keys: ServiceKeys,
+    elections: ElectionKeys,
     hub: Arc<Hub>,
     held: Owners<Held>,
 }
@@ -61,6 +64,7 @@ pub(super) async fn serve(
     let mut registry = Registry {
         members,
         keys: settings.service_keys(),
+        elections: settings.election_keys(),
         settings,
         hub,
         held: Owners::default(),
@@ -73,12 +77,18 @@ pub(super) async fn serve(
                 service,
                 node,
                 owner,
+                campaign,
                 deadline,
                 abandon,
                 reply,
             } => {
                 let deadline = Instant::from_std(deadline);
-                let registered = registry.register(&service, &node, owner, deadline, &abandon);
+                let campaign = campaign.then(|| Campaigning {
+                    keys: registry.elections.clone(),
+                    service: service.clone(),
+                });
+                let registered =
+                    registry.register(&service, &node, owner, campaign, deadline, &abandon);
                 let _ = reply.send(registered.await);
             }
             Command::Deregister {
@@ -132,6 +142,7 @@ impl Registry {
         service: &str,
         node: &Node,
         owner: SocketId,
+        campaign: Option<Campaigning>,
         deadline: Instant,
         abandon: &Abandon,
     ) -> Result<i64> {
@@ -141,9 +152,16 @@ impl Registry {
             return Err(gone());
         }
         let key = self.keys.registration(service, node);
+        if let Some(campaign) = &campaign
+            && let Some(revision) = self
+                .take_over_campaign(&key, node, owner, campaign, deadline, abandon)
+                .await?
+        {
+            return Ok(revision);
+        }
         let lease = Rc::new(Lease::default());
         let written = tokio::select! {
-            written = self.write_new(&key, node, &lease, deadline) => written,
+            written = self.write_new(&key, node, &lease, campaign.as_ref(), deadline) => written,
             () = abandon.abandoned() => Err(gone()),
         };
         let revision = match written {
@@ -156,13 +174,19 @@ impl Registry {
                 return Err(err);
             }
         };
+        let is_campaigning = campaign.is_some();
         let keeper = spawn_local(lease::keep_alive(
             self.members.clone(),
-            self.kept(service, node, key.clone()),
+            self.kept(service, node, key.clone(), campaign),
             lease.clone(),
         ))
         .abort_handle();
-        let replaced = self.held.hold(key.clone(), owner, Held { lease, keeper });
+        let held = Held {
+            lease,
+            keeper,
+            campaign: is_campaigning,
+        };
+        let replaced = self.held.hold(key.clone(), owner, held);
         if let Some(Replaced { lease: held, .. }) = &replaced {
             // The key now points at the new lease, so revoking the old one deletes nothing;
             // and whatever the old keeper was writing, it writes only a missing key.
@@ -174,18 +198,66 @@ impl Registry {
         Ok(revision)
     }
 
+    /// A campaigning registration of a key this hound holds for a campaigning socket takes it
+    /// over on the same lease, rather than on a new one as other takeovers do: the campaign
+    /// key is named after the lease, so it keeps its create revision and the node its place
+    /// in the election (a leader stays leader, with the same `rev`). The key is written again
+    /// on that lease (with the campaign key), and the older socket is closed with 4000.
+    /// `None` if there is no such registration or etcd lost its lease: then the caller
+    /// registers on a new lease as usual.
+    async fn take_over_campaign(
+        &mut self,
+        key: &str,
+        node: &Node,
+        owner: SocketId,
+        campaign: &Campaigning,
+        deadline: Instant,
+        abandon: &Abandon,
+    ) -> Result<Option<i64>> {
+        let lease = match self.held.lease(key) {
+            Some(held) if held.campaign && held.lease.id() != 0 => held.lease.clone(),
+            _ => return Ok(None),
+        };
+        let (members, id) = (&self.members, lease.id());
+        let written = tokio::select! {
+            written = lease::write(members, key, node, id, Write::Always, Some(campaign), deadline)
+                => written?,
+            () = abandon.abandoned() => return Err(Error::Unavailable(
+                "the client went away before it was registered".into(),
+            )),
+        };
+        let Written::At(revision) = written else {
+            return Ok(None);
+        };
+        // The registration may have ended while the write was on its way: then it is not
+        // ours to take over any more, and a new lease is the safe course.
+        if self
+            .held
+            .lease(key)
+            .is_none_or(|held| !Rc::ptr_eq(&held.lease, &lease))
+        {
+            return Ok(None);
+        }
+        let previous = self.held.transfer(key, owner);
+        owners::registered(&self.hub, key, owner, previous);
+        Ok(Some(revision))
+    }
+
     /// Grants a lease (recorded in `lease` at once) and writes `key` on it, taking the key
-    /// over from any other lease; the revision of the write.
+    /// over from any other lease, with the campaign key if it campaigns; the revision of the
+    /// write.
     async fn write_new(
         &self,
         key: &str,
         node: &Node,
         lease: &Lease,
+        campaign: Option<&Campaigning>,
         deadline: Instant,
     ) -> Result<i64> {
         let members = &self.members;
         lease.set(lease::grant(members, self.settings.ttl, deadline).await?);
-        match lease::write(members, key, node, lease.id(), Write::Always, deadline).await? {
+        let always = Write::Always;
+        match lease::write(members, key, node, lease.id(), always, campaign, deadline).await? {
             Written::At(revision) => Ok(revision),
             // An unconditional write either lands or finds its lease gone.
             _ => Err(Error::Unavailable(
@@ -196,12 +268,13 @@ impl Registry {
 
     /// What the keeper of `key` (`node` under `service`) keeps, with a look at hound's mirror
     /// to tell whether the key is still in etcd.
-    fn kept(&self, service: &str, node: &Node, key: String) -> Kept {
+    fn kept(&self, service: &str, node: &Node, key: String, campaign: Option<Campaigning>) -> Kept {
         let (hub, service, node_key) = (self.hub.clone(), service.to_owned(), node.to_string());
         Kept {
             key,
             node: node.clone(),
             ttl: self.settings.ttl,
+            campaign,
             in_mirror: Box::new(move || hub.holds(&service, &node_key)),
         }
     }

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod discovery;
 mod dns;
+mod election;
 mod events;
 mod failover;
 mod faults;

@@ -16,6 +16,7 @@ mod churn;
 mod clients;
 mod faults;
 mod kv;
+mod leaders;
 mod netns;
 mod rng;
 mod world;
@@ -162,6 +163,10 @@ fn main() {
     // A hung soak must fail, not hang CI: the run, its quiescence and the checks fit well
     // within this.
     let _watchdog = watchdog_for(Duration::from_secs(config.seconds + 240));
+    if let Err(why) = leaders::self_test() {
+        eprintln!("soak: {why}");
+        std::process::exit(1);
+    }
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(&config)));
     let violations = match outcome {
         Ok(violations) => violations,
@@ -363,6 +368,9 @@ fn run(config: &Config) -> Vec<Violation> {
     summarize(&shared, &socks, events.len());
     let mut violations = std::mem::take(&mut shared.world().violations);
     violations.extend(found);
+    violations.extend(leaders::check(shared.start));
+    let (leader_messages, leader_revs) = leaders::summary();
+    println!("soak: {leader_messages} LEADER messages over {leader_revs} (service, rev) pairs");
     drop(cluster);
     drop(topology);
     violations
