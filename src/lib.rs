@@ -10,6 +10,7 @@
 mod app;
 pub mod config;
 mod context;
+mod describe;
 mod dns;
 mod embedded;
 mod error;
@@ -28,6 +29,7 @@ mod session;
 mod socket;
 mod stack;
 mod store;
+mod value;
 
 #[cfg(test)]
 mod parser_properties;

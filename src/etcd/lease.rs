@@ -136,7 +136,7 @@ pub(super) async fn write(
 ) -> Result<Written> {
     let put = TxnOp::put(
         key,
-        node.to_string(),
+        crate::value::encode(node),
         Some(PutOptions::new().with_lease(lease)),
     );
     let txn = match how {

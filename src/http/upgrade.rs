@@ -5,6 +5,7 @@
 use tiny_http::Request;
 use tungstenite::handshake::derive_accept_key;
 
+use crate::describe::{Description, parse_meta, parse_tags, parse_weight};
 use crate::error::{Error, Result};
 use crate::http::query::Query;
 use crate::http::route::Route;
@@ -111,7 +112,11 @@ pub fn parameters(route: &Route, query: &Query) -> Result<Parameters> {
                     services.push(monitored);
                 }
             }
-            Ok((Some((service.to_owned(), Node { host, port })), services))
+            let about = description(query)?;
+            Ok((
+                Some((service.to_owned(), Node { host, port, about })),
+                services,
+            ))
         }
         Route::Monitor | Route::Watch => {
             let services = parse_monitor_list(query.require("monitor")?)?;
@@ -122,6 +127,19 @@ pub fn parameters(route: &Route, query: &Query) -> Result<Parameters> {
         }
         _ => Err(Error::NotFound("not a WebSocket route".into())),
     }
+}
+
+/// What a registration says about its node: `tags`, `weight` and `meta.KEY` (all optional).
+fn description(query: &Query) -> Result<Description> {
+    let mut about = Description::default();
+    if let Some(tags) = query.get("tags") {
+        about.tags = parse_tags(tags)?;
+    }
+    if let Some(weight) = query.get("weight") {
+        about.weight = parse_weight(weight)?;
+    }
+    about.meta = parse_meta(query.pairs())?;
+    Ok(about)
 }
 
 #[cfg(test)]

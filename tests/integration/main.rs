@@ -5,6 +5,7 @@ mod support;
 mod access;
 mod bad_input;
 mod cli;
+mod describe;
 mod discovery;
 mod dns;
 mod events;
