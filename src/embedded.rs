@@ -16,6 +16,7 @@ use crate::message::KeyEvent;
 use crate::metrics;
 use crate::names::Node;
 use crate::owners::{self, Owners};
+use crate::status::{Registered, StatusChange};
 
 /// The member id `/etcd/leader` reports for both fields.
 pub const MEMBER_ID: u64 = 1;
@@ -26,7 +27,8 @@ const KEEPER_TICK: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 struct Lease {
     service: String,
-    node: Node,
+    /// The node as registered, with its status.
+    node: Registered,
     /// When the lease was last refreshed.
     refreshed: Instant,
 }
@@ -36,6 +38,8 @@ struct State {
     revision: i64,
     /// By key `<namespace>/<service>/<node>`.
     registrations: Owners<Lease>,
+    /// Whether hound is draining (shutting down with a grace): new registrations are too.
+    draining: bool,
 }
 
 /// The in-memory store. Clones share it.
@@ -55,6 +59,7 @@ impl Embedded {
             state: Arc::new(Mutex::new(State {
                 revision: 1,
                 registrations: Owners::default(),
+                draining: false,
             })),
             hub: hub.clone(),
             ttl: Duration::from_secs(ttl_seconds.max(1) as u64),
@@ -98,9 +103,14 @@ impl Embedded {
         let mut state = self.lock();
         state.revision += 1;
         let revision = state.revision;
+        let mut registered = Registered::new(node.clone());
+        if state.draining {
+            registered.change(&StatusChange::Drain);
+        }
+        let written = registered.node().clone();
         let lease = Lease {
             service: service.to_owned(),
-            node: node.clone(),
+            node: registered,
             refreshed: Instant::now(),
         };
         let replaced = state.registrations.hold(key.clone(), owner, lease);
@@ -108,12 +118,8 @@ impl Embedded {
         // /metrics must find the count that goes with it.
         Self::count_registrations(&state);
         // Applied under the store lock so the hub sees writes in revision order.
-        self.hub.apply(
-            service,
-            &node.to_string(),
-            Change::Put(node.clone()),
-            revision,
-        );
+        self.hub
+            .apply(service, &node.to_string(), Change::Put(written), revision);
         drop(state);
         owners::registered(&self.hub, &key, owner, replaced.map(|r| r.owner));
         Ok(revision)
@@ -136,6 +142,43 @@ impl Embedded {
         );
     }
 
+    /// Applies a status change to the registration `owner` holds; a PUT only if the node now
+    /// reads differently.
+    pub fn report(&self, service: &str, node: &Node, owner: SocketId, change: &StatusChange) {
+        let key = self.keys.registration(service, node);
+        let mut state = self.lock();
+        let Some(lease) = state.registrations.held_by_mut(&key, owner) else {
+            return; // Taken over, or gone.
+        };
+        let Some(changed) = lease.node.change(change).cloned() else {
+            return;
+        };
+        metrics::STATUS_WRITES.add(1);
+        state.revision += 1;
+        let revision = state.revision;
+        self.hub
+            .apply(service, &node.to_string(), Change::Put(changed), revision);
+    }
+
+    /// Marks every registration `draining`, and every later one.
+    pub fn drain_all(&self) {
+        let mut state = self.lock();
+        state.draining = true;
+        let mut changed = Vec::new();
+        for lease in state.registrations.leases_mut() {
+            if let Some(node) = lease.node.change(&StatusChange::Drain) {
+                changed.push((lease.service.clone(), node.clone()));
+            }
+        }
+        for (service, node) in changed {
+            metrics::STATUS_WRITES.add(1);
+            state.revision += 1;
+            let revision = state.revision;
+            self.hub
+                .apply(&service, &node.to_string(), Change::Put(node), revision);
+        }
+    }
+
     pub fn deregister_all(&self) {
         let mut state = self.lock();
         let held: Vec<Lease> = state
@@ -148,7 +191,7 @@ impl Embedded {
             state.revision += 1;
             self.hub.apply(
                 &lease.service,
-                &lease.node.to_string(),
+                &lease.node.node().to_string(),
                 Change::Removed(KeyEvent::Delete),
                 state.revision,
             );
@@ -179,7 +222,7 @@ impl Embedded {
             for lease in state.registrations.leases_mut() {
                 let age = now.duration_since(lease.refreshed);
                 if age > self.ttl {
-                    expired.push((lease.service.clone(), lease.node.clone()));
+                    expired.push((lease.service.clone(), lease.node.node().clone()));
                 }
                 if age >= self.ttl / 3 {
                     lease.refreshed = now;

@@ -8,6 +8,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod app;
+mod check;
 pub mod config;
 mod context;
 mod describe;
@@ -28,6 +29,7 @@ mod reply;
 mod session;
 mod socket;
 mod stack;
+mod status;
 mod store;
 mod value;
 

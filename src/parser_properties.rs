@@ -325,7 +325,7 @@ proptest! {
             form(&tags), form(&weight), form(&key), form(&value)
         );
         if let Ok(query) = Query::parse(&text)
-            && let Ok((Some((_, node)), _)) = parameters(&Route::Register, &query)
+            && let Ok((Some((_, node)), _, _)) = parameters(&Route::Register, &query)
         {
             prop_assert_eq!(node.about.status, None);
             prop_assert_eq!(crate::value::decode(&crate::value::encode(&node)), Some(node));
@@ -345,6 +345,60 @@ proptest! {
     fn statuses_parse_only_their_names(text in "[a-z]{0,9}") {
         if let Ok(status) = Status::parse(&text) {
             prop_assert_eq!(status.as_str(), text);
+        }
+    }
+
+    #[test]
+    fn status_frames_never_panic_and_follow_the_rules(
+        text in tricky(),
+        status in prop::sample::select(vec!["passing", "warning", "critical", "draining", "ok", ""]),
+        note in ".{0,300}",
+    ) {
+        let frame = serde_json::json!({"status": status, "note": note}).to_string();
+        for text in [text, frame] {
+            if let Some(change) = crate::status::parse_report(&text) {
+                let crate::status::StatusChange::Reported(status, note) = change else {
+                    panic!("a frame is a report");
+                };
+                prop_assert!(Status::parse(status.as_str()).is_ok());
+                prop_assert!(note.is_none_or(|n| !n.is_empty() && n.len() <= 256));
+            }
+        }
+    }
+
+    #[test]
+    fn check_parameters_follow_the_rules(
+        interval in "[-+0-9a-z .]{0,6}",
+        timeout in "[-+0-9a-z .]{0,7}",
+        path in tricky(),
+    ) {
+        if let Ok(every) = crate::check::parse_interval(&interval) {
+            prop_assert!((1..=3600).contains(&every.as_secs()));
+            prop_assert!(every.subsec_nanos() == 0);
+            if let Ok(within) = crate::check::parse_timeout(&timeout, every) {
+                prop_assert!(!within.is_zero() && within < every);
+            }
+        }
+        if let Ok(path) = crate::check::parse_path(&path) {
+            prop_assert!(path.starts_with('/') && path.len() <= 1024);
+            prop_assert!(path.bytes().all(|b| b.is_ascii_graphic()));
+        }
+    }
+
+    #[test]
+    fn decimal_timeouts_read_exactly(millis in 1u64..3_600_000) {
+        let text = format!("{}.{:03}", millis / 1000, millis % 1000);
+        let interval = std::time::Duration::from_secs(3600);
+        prop_assert_eq!(
+            crate::check::parse_timeout(&text, interval).unwrap(),
+            std::time::Duration::from_millis(millis)
+        );
+    }
+
+    #[test]
+    fn http_status_lines_never_panic(head in prop::collection::vec(any::<u8>(), 0..64)) {
+        if let Some((status, note)) = crate::check::status_of(&head) {
+            prop_assert!(status == Status::Passing || note.is_some());
         }
     }
 }

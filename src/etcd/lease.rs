@@ -10,6 +10,7 @@ use std::time::Duration;
 use etcd_client::{
     Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 
 use super::backoff::{Backoff, Throttle};
@@ -107,6 +108,9 @@ pub(super) enum Write {
     /// A keeper putting its key back: only if no lease holds the key, so a keeper never takes
     /// it from a newer registration, on this hound or another.
     IfMissing,
+    /// A new value for a key this lease holds (a status change): only if the key is still on
+    /// this lease, so it never lands on a key another registration took, or one deleted.
+    IfOurs,
 }
 
 /// What a write did.
@@ -141,6 +145,10 @@ pub(super) async fn write(
     );
     let txn = match how {
         Write::Always => Txn::new().and_then([put]),
+        Write::IfOurs => Txn::new()
+            .when([Compare::lease(key, CompareOp::Equal, lease)])
+            .and_then([put])
+            .or_else([TxnOp::get(key, None)]),
         Write::IfMissing => Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([put])
@@ -259,7 +267,8 @@ enum Ended {
 /// What one keeper keeps: a registration's key, and how to tell whether etcd still holds it.
 pub(super) struct Kept {
     pub key: String,
-    pub node: Node,
+    /// The node as it should read now (its status changes); a put-back writes the latest.
+    pub node: watch::Receiver<Node>,
     pub ttl: i64,
     /// Whether hound's mirror of the namespace (fed by its watch) holds the key.
     pub in_mirror: Box<dyn Fn() -> bool>,
@@ -386,7 +395,7 @@ async fn put_key_back(
         let (members, key, node, id) = (
             members.clone(),
             kept.key.clone(),
-            kept.node.clone(),
+            kept.node.borrow().clone(),
             lease.id(),
         );
         let held = async move {
@@ -396,15 +405,52 @@ async fn put_key_back(
         };
         hold::park(lease, &kept.key, held).await;
     }
+    let node = kept.node.borrow().clone();
     write(
         members,
         &kept.key,
-        &kept.node,
+        &node,
         lease.id(),
         Write::IfMissing,
         deadline,
     )
     .await
+}
+
+/// Writes each new value of a registration's node (its status changed) on its lease, in
+/// order, the latest only when several came while one was being written; runs until aborted
+/// with its registration, or its sender is dropped. A write that fails is retried with
+/// back-off until it lands, the key turns out not to be this lease's (taken over or deleted:
+/// nothing to write), or the lease is gone (the keeper registers again, with the latest value).
+pub(super) async fn keep_value(
+    members: Members,
+    key: String,
+    lease: Rc<Lease>,
+    mut wanted: watch::Receiver<Node>,
+) {
+    let mut throttle = Throttle::default();
+    while wanted.changed().await.is_ok() {
+        let mut backoff = Backoff::new();
+        loop {
+            let node = wanted.borrow_and_update().clone();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            match write(&members, &key, &node, lease.id(), Write::IfOurs, deadline).await {
+                Ok(Written::At(_)) => {
+                    metrics::STATUS_WRITES.add(1);
+                    log::debug!("wrote {key} as {}", node.status());
+                    break;
+                }
+                Ok(written) => {
+                    log::debug!("not writing {key}'s new status: {written:?}");
+                    break;
+                }
+                Err(err) => {
+                    log::log!(throttle.level(), "could not write {key}'s status: {err}");
+                    sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
 }
 
 /// A test-only hook, compiled into debug builds and armed by the environment variable

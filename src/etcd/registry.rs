@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch as latest;
 use tokio::task::{AbortHandle, spawn_local};
 use tokio::time::Instant;
 
@@ -21,6 +22,7 @@ use crate::keys::ServiceKeys;
 use crate::metrics;
 use crate::names::Node;
 use crate::owners::{self, Owners, Replaced};
+use crate::status::{Registered, StatusChange};
 
 /// How one registration this hound holds is kept alive.
 #[derive(Debug)]
@@ -28,6 +30,22 @@ struct Held {
     /// The current lease; the keeper replaces it if etcd forgets the old one.
     lease: Rc<Lease>,
     keeper: AbortHandle,
+    /// The node with its status, and the channel that tells the keeper and the value writer
+    /// how it reads now.
+    registered: Registered,
+    value: latest::Sender<Node>,
+    /// Writes status changes; started by the first one.
+    writer: Option<AbortHandle>,
+}
+
+impl Held {
+    /// Stops the tasks that write this registration's key.
+    fn stop_writing(&self) {
+        self.keeper.abort();
+        if let Some(writer) = &self.writer {
+            writer.abort();
+        }
+    }
 }
 
 struct Registry {
@@ -36,6 +54,8 @@ struct Registry {
     keys: ServiceKeys,
     hub: Arc<Hub>,
     held: Owners<Held>,
+    /// Set by a drain: every registration, present and future, reads `draining`.
+    draining: bool,
 }
 
 /// Sets up the members, starts the watches, then serves commands until the handle is dropped.
@@ -64,6 +84,7 @@ pub(super) async fn serve(
         settings,
         hub,
         held: Owners::default(),
+        draining: false,
     };
     while let Some(command) = commands.recv().await {
         match command {
@@ -86,6 +107,13 @@ pub(super) async fn serve(
                 node,
                 owner,
             } => registry.deregister(&service, &node, owner),
+            Command::Report {
+                service,
+                node,
+                owner,
+                change,
+            } => registry.report(&service, &node, owner, &change),
+            Command::DrainAll => registry.drain_all(),
             Command::DeregisterAll { deadline, reply } => {
                 registry.deregister_all(Instant::from_std(deadline)).await;
                 let _ = reply.send(Ok(()));
@@ -141,6 +169,11 @@ impl Registry {
             return Err(gone());
         }
         let key = self.keys.registration(service, node);
+        let mut registered = Registered::new(node.clone());
+        if self.draining {
+            registered.change(&StatusChange::Drain);
+        }
+        let node = registered.node();
         let lease = Rc::new(Lease::default());
         let written = tokio::select! {
             written = self.write_new(&key, node, &lease, deadline) => written,
@@ -156,17 +189,26 @@ impl Registry {
                 return Err(err);
             }
         };
+        let (value, reading) = latest::channel(node.clone());
         let keeper = spawn_local(lease::keep_alive(
             self.members.clone(),
-            self.kept(service, node, key.clone()),
+            self.kept(service, node, key.clone(), reading),
             lease.clone(),
         ))
         .abort_handle();
-        let replaced = self.held.hold(key.clone(), owner, Held { lease, keeper });
+        let held = Held {
+            lease,
+            keeper,
+            registered,
+            value,
+            writer: None,
+        };
+        let replaced = self.held.hold(key.clone(), owner, held);
         if let Some(Replaced { lease: held, .. }) = &replaced {
             // The key now points at the new lease, so revoking the old one deletes nothing;
-            // and whatever the old keeper was writing, it writes only a missing key.
-            held.keeper.abort();
+            // and whatever the old keeper was writing, it writes only a missing key (and the
+            // old value writer only a key on its own lease).
+            held.stop_writing();
             held.lease.release_held_write().await;
             spawn_local(lease::revoke_later(self.members.clone(), held.lease.id()));
         }
@@ -196,11 +238,17 @@ impl Registry {
 
     /// What the keeper of `key` (`node` under `service`) keeps, with a look at hound's mirror
     /// to tell whether the key is still in etcd.
-    fn kept(&self, service: &str, node: &Node, key: String) -> Kept {
+    fn kept(
+        &self,
+        service: &str,
+        node: &Node,
+        key: String,
+        reading: latest::Receiver<Node>,
+    ) -> Kept {
         let (hub, service, node_key) = (self.hub.clone(), service.to_owned(), node.to_string());
         Kept {
             key,
-            node: node.clone(),
+            node: reading,
             ttl: self.settings.ttl,
             in_mirror: Box::new(move || hub.holds(&service, &node_key)),
         }
@@ -209,8 +257,42 @@ impl Registry {
     fn deregister(&mut self, service: &str, node: &Node, owner: SocketId) {
         let key = self.keys.registration(service, node);
         if let Some(held) = self.held.release(&key, owner) {
-            held.keeper.abort();
+            held.stop_writing();
             spawn_local(self.delete(key, held.lease, None));
+        }
+    }
+
+    /// Applies a status change to the registration `owner` holds: if the node now reads
+    /// differently, its value writer writes it (one write), else nothing happens.
+    fn report(&mut self, service: &str, node: &Node, owner: SocketId, change: &StatusChange) {
+        let key = self.keys.registration(service, node);
+        if let Some(held) = self.held.held_by_mut(&key, owner) {
+            Self::rewrite(&self.members, key, held, change);
+        }
+    }
+
+    /// Marks every registration `draining`, and every later one.
+    fn drain_all(&mut self) {
+        self.draining = true;
+        let members = self.members.clone();
+        for (key, held) in self.held.iter_mut() {
+            Self::rewrite(&members, key.to_owned(), held, &StatusChange::Drain);
+        }
+    }
+
+    /// Applies `change` to `held`, handing the node to its value writer (started on first use)
+    /// if it now reads differently.
+    fn rewrite(members: &Members, key: String, held: &mut Held, change: &StatusChange) {
+        let Some(node) = held.registered.change(change) else {
+            return;
+        };
+        held.value.send_replace(node.clone());
+        if held.writer.is_none() {
+            // The receiver is made after the send: it sees the latest value as its first.
+            let mut wanted = held.value.subscribe();
+            wanted.mark_changed();
+            let writer = lease::keep_value(members.clone(), key, held.lease.clone(), wanted);
+            held.writer = Some(spawn_local(writer).abort_handle());
         }
     }
 
@@ -220,7 +302,7 @@ impl Registry {
         let deletions: Vec<_> = held
             .into_iter()
             .map(|(key, held)| {
-                held.keeper.abort();
+                held.stop_writing();
                 spawn_local(self.delete(key, held.lease, Some(deadline)))
             })
             .collect();

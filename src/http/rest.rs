@@ -105,7 +105,7 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
         }
         Route::Metrics => Ok(Reply {
             status: 200,
-            body: metrics::render(context.hub.socket_gauges()),
+            body: metrics::render(context.hub.socket_gauges(), context.hub.node_gauges()),
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             extra_headers: &[],
         }),

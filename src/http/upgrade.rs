@@ -5,7 +5,8 @@
 use tiny_http::Request;
 use tungstenite::handshake::derive_accept_key;
 
-use crate::describe::{Description, parse_meta, parse_tags, parse_weight};
+use crate::check::{CheckSpec, NOT_CHECKED_YET};
+use crate::describe::{Description, Status, parse_meta, parse_tags, parse_weight};
 use crate::error::{Error, Result};
 use crate::http::query::Query;
 use crate::http::route::Route;
@@ -21,7 +22,7 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
             .find(|h| h.field.equiv(name))
             .map(|h| h.value.as_str().to_owned())
     };
-    let (registration, services) = parameters(route, query)?;
+    let (registration, services, check) = parameters(route, query)?;
     let upgrade = header("Upgrade").unwrap_or_default();
     if !upgrade
         .split(',')
@@ -48,6 +49,7 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
     Ok(SocketPlan {
         registration,
         services,
+        check,
         protocol: Protocol::WebSocket {
             accept_key: derive_accept_key(key.trim().as_bytes()),
         },
@@ -61,7 +63,7 @@ pub fn event_stream_plan(request: &Request, route: &Route, query: &Query) -> Res
     if request.method() != &tiny_http::Method::Get {
         return Err(Error::MethodNotAllowed("GET"));
     }
-    let (registration, services) = parameters(route, query)?;
+    let (registration, services, check) = parameters(route, query)?;
     let accept = request
         .headers()
         .iter()
@@ -75,6 +77,7 @@ pub fn event_stream_plan(request: &Request, route: &Route, query: &Query) -> Res
     Ok(SocketPlan {
         registration,
         services,
+        check,
         protocol: Protocol::EventStream,
         route: route.label(),
     })
@@ -96,7 +99,8 @@ fn accepts_event_stream(accept: &str) -> bool {
     })
 }
 
-type Parameters = (Option<(String, Node)>, Vec<String>);
+/// The node to register (with its check, if any) and the services the socket hears about.
+type Parameters = (Option<(String, Node)>, Vec<String>, Option<CheckSpec>);
 
 /// Checks the query parameters of the register and monitor routes.
 pub fn parameters(route: &Route, query: &Query) -> Result<Parameters> {
@@ -113,17 +117,21 @@ pub fn parameters(route: &Route, query: &Query) -> Result<Parameters> {
                 }
             }
             let about = description(query)?;
-            Ok((
-                Some((service.to_owned(), Node { host, port, about })),
-                services,
-            ))
+            let mut node = Node { host, port, about };
+            let check = CheckSpec::parse(query, &node)?;
+            if check.is_some() {
+                // A checked node starts critical; its first good check makes it passing.
+                node.about.status = Some(Status::Critical);
+                node.about.note = Some(NOT_CHECKED_YET.to_owned());
+            }
+            Ok((Some((service.to_owned(), node)), services, check))
         }
         Route::Monitor | Route::Watch => {
             let services = parse_monitor_list(query.require("monitor")?)?;
             if services.is_empty() {
                 return Err(Error::BadRequest("monitor names no service".into()));
             }
-            Ok((None, services))
+            Ok((None, services, None))
         }
         _ => Err(Error::NotFound("not a WebSocket route".into())),
     }
@@ -152,7 +160,7 @@ mod tests {
 
     #[test]
     fn register_parameters() {
-        let (registration, services) = params(
+        let (registration, services, check) = params(
             Route::Register,
             "service=api&ip=::1&port=8080&monitor=db,api",
         )
@@ -163,6 +171,7 @@ mod tests {
             ("api", "[::1]:8080")
         );
         assert_eq!(services, ["api", "db"]);
+        assert_eq!(check, None);
     }
 
     #[test]

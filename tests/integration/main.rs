@@ -12,6 +12,7 @@ mod events;
 mod failover;
 mod faults;
 mod flood;
+mod health;
 mod limits;
 mod metrics;
 mod monitor;
