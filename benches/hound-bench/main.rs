@@ -11,6 +11,7 @@
 //! `sse`), and
 //! `--update-docs` (rewrite the generated section of `docs/performance.md`).
 
+mod checks;
 mod discovery;
 mod etcd;
 mod http;
@@ -50,7 +51,8 @@ const MIB: u64 = 1024 * 1024;
 struct Options {
     quick: bool,
     update_docs: bool,
-    /// Sections to run (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`, `sse`);
+    /// Sections to run (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`, `sse`,
+    /// `checks`);
     /// all if empty.
     only: Vec<String>,
 }
@@ -257,6 +259,11 @@ fn run(options: &Options, report: &mut Report, fd_limit: FdLimit) -> Result<(), 
         && let Err(err) = discovery::event_stream_cost(options, &etcd, report)
     {
         report.failed("6", "event stream cost per client", &err);
+    }
+    if options.runs("checks")
+        && let Err(err) = checks::checks(options, &etcd, report)
+    {
+        report.failed("7", "checks", &err);
     }
 
     let problems = procs::log_problems(&hound.stderr());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use etcd_client::{
     Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep, timeout};
 
 use super::backoff::{Backoff, Throttle};
@@ -417,24 +417,46 @@ async fn put_key_back(
     .await
 }
 
-/// Writes each new value of a registration's node (its status changed) on its lease, in
-/// order, the latest only when several came while one was being written; runs until aborted
-/// with its registration, or its sender is dropped. A write that fails is retried with
-/// back-off until it lands, the key turns out not to be this lease's (taken over or deleted:
-/// nothing to write), or the lease is gone (the keeper registers again, with the latest value).
-pub(super) async fn keep_value(
+/// Writes the latest value of a registration's node (its status changed) on its lease, and
+/// again while newer values came during the write, then ends (clearing `writing`): the
+/// registry starts it again on the next change. (A task per registration that lived as long
+/// as it did would keep its largest state, an etcd request's, for each of thousands of
+/// registrations.) A write that fails is retried with back-off until it lands, the key turns
+/// out not to be this lease's (taken over or deleted: nothing to write), the lease is gone
+/// (the keeper registers again, with the latest value), or the registration has ended (its
+/// sender is dropped).
+pub(super) async fn write_value(
     members: Members,
     key: String,
     lease: Rc<Lease>,
     mut wanted: watch::Receiver<Node>,
+    writes: Rc<Semaphore>,
+    writing: Rc<Cell<bool>>,
 ) {
+    /// Clears the registration's "a writer runs" flag however the writer ends.
+    struct Done(Rc<Cell<bool>>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    let _done = Done(writing);
     let mut throttle = Throttle::default();
-    while wanted.changed().await.is_ok() {
+    // The registry hands over a receiver that has not seen the latest value: write it, and
+    // once more for each change that comes meanwhile.
+    while wanted.has_changed().unwrap_or(false) {
         let mut backoff = Backoff::new();
         loop {
+            // A burst of changes (a thousand checks finding their nodes at once) waits here
+            // rather than putting a thousand requests, and their buffers, in flight together.
+            let Ok(_permit) = writes.acquire().await else {
+                return;
+            };
             let node = wanted.borrow_and_update().clone();
             let deadline = Instant::now() + Duration::from_secs(3);
-            match write(&members, &key, &node, lease.id(), Write::IfOurs, deadline).await {
+            // Boxed: a waiting writer holds a few words, the request's state only while it runs.
+            let written = Box::pin(write(&members, &key, &node, lease.id(), Write::IfOurs, deadline));
+            match written.await {
                 Ok(Written::At(_)) => {
                     metrics::STATUS_WRITES.add(1);
                     log::debug!("wrote {key} as {}", node.status());
@@ -447,6 +469,9 @@ pub(super) async fn keep_value(
                 Err(err) => {
                     log::log!(throttle.level(), "could not write {key}'s status: {err}");
                     sleep(backoff.next_delay()).await;
+                    if wanted.has_changed().is_err() {
+                        return; // The registration has ended: nothing more to write.
+                    }
                 }
             }
         }

@@ -1,11 +1,13 @@
 //! The etcd thread's command loop and the registrations it holds: grant, write, keep alive,
 //! take over, delete.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Semaphore;
 use tokio::sync::watch as latest;
 use tokio::task::{AbortHandle, spawn_local};
 use tokio::time::Instant;
@@ -34,17 +36,17 @@ struct Held {
     /// how it reads now.
     registered: Registered,
     value: latest::Sender<Node>,
-    /// Writes status changes; started by the first one.
-    writer: Option<AbortHandle>,
+    /// Whether a value writer runs (it clears this as it ends). No handle is kept: a finished
+    /// task's memory lives as long as any handle to it, and a thousand checked nodes would
+    /// each keep one. Dropping `value` ends the writer after the write in flight, which lands
+    /// only while the key is on this lease.
+    writing: Rc<Cell<bool>>,
 }
 
 impl Held {
-    /// Stops the tasks that write this registration's key.
+    /// Stops the keeper; the value writer ends once `value` is dropped with this registration.
     fn stop_writing(&self) {
         self.keeper.abort();
-        if let Some(writer) = &self.writer {
-            writer.abort();
-        }
     }
 }
 
@@ -56,7 +58,12 @@ struct Registry {
     held: Owners<Held>,
     /// Set by a drain: every registration, present and future, reads `draining`.
     draining: bool,
+    /// Status writes in flight at once, at most [`STATUS_WRITES_IN_FLIGHT`].
+    status_writes: Rc<Semaphore>,
 }
+
+/// How many status writes go to etcd at once; the rest wait their turn (in order per node).
+const STATUS_WRITES_IN_FLIGHT: usize = 16;
 
 /// Sets up the members, starts the watches, then serves commands until the handle is dropped.
 pub(super) async fn serve(
@@ -85,6 +92,7 @@ pub(super) async fn serve(
         hub,
         held: Owners::default(),
         draining: false,
+        status_writes: Rc::new(Semaphore::new(STATUS_WRITES_IN_FLIGHT)),
     };
     while let Some(command) = commands.recv().await {
         match command {
@@ -201,7 +209,7 @@ impl Registry {
             keeper,
             registered,
             value,
-            writer: None,
+            writing: Rc::default(),
         };
         let replaced = self.held.hold(key.clone(), owner, held);
         if let Some(Replaced { lease: held, .. }) = &replaced {
@@ -267,7 +275,7 @@ impl Registry {
     fn report(&mut self, service: &str, node: &Node, owner: SocketId, change: &StatusChange) {
         let key = self.keys.registration(service, node);
         if let Some(held) = self.held.held_by_mut(&key, owner) {
-            Self::rewrite(&self.members, key, held, change);
+            Self::rewrite(&self.members, &self.status_writes, key, held, change);
         }
     }
 
@@ -276,23 +284,38 @@ impl Registry {
         self.draining = true;
         let members = self.members.clone();
         for (key, held) in self.held.iter_mut() {
-            Self::rewrite(&members, key.to_owned(), held, &StatusChange::Drain);
+            let change = &StatusChange::Drain;
+            Self::rewrite(&members, &self.status_writes, key.to_owned(), held, change);
         }
     }
 
-    /// Applies `change` to `held`, handing the node to its value writer (started on first use)
-    /// if it now reads differently.
-    fn rewrite(members: &Members, key: String, held: &mut Held, change: &StatusChange) {
+    /// Applies `change` to `held`, handing the node to its value writer if it now reads
+    /// differently: a writer still running writes it after its current write (it looks for
+    /// newer values before it ends, and nothing else runs on this thread in between); else a
+    /// new one starts.
+    fn rewrite(
+        members: &Members,
+        writes: &Rc<Semaphore>,
+        key: String,
+        held: &mut Held,
+        change: &StatusChange,
+    ) {
         let Some(node) = held.registered.change(change) else {
             return;
         };
         held.value.send_replace(node.clone());
-        if held.writer.is_none() {
-            // The receiver is made after the send: it sees the latest value as its first.
+        if !held.writing.replace(true) {
             let mut wanted = held.value.subscribe();
             wanted.mark_changed();
-            let writer = lease::keep_value(members.clone(), key, held.lease.clone(), wanted);
-            held.writer = Some(spawn_local(writer).abort_handle());
+            let writer = lease::write_value(
+                members.clone(),
+                key,
+                held.lease.clone(),
+                wanted,
+                writes.clone(),
+                held.writing.clone(),
+            );
+            drop(spawn_local(writer));
         }
     }
 
