@@ -797,7 +797,7 @@ fn churn(
     let in_etcd: Vec<u32> = writer
         .get_prefix(&format!("{NAMESPACE}/churn/"))?
         .iter()
-        .filter_map(|(_, value)| value.rsplit(':').next()?.parse().ok())
+        .filter_map(|(_, value)| value_port(&value))
         .collect();
     let lost = pool.lost();
     if lost > 0 {
@@ -1260,4 +1260,14 @@ fn footprint(
             verdict: Verdict::from(met && live > 0),
         });
     }
+}
+
+/// The port of a registration value: the `Addr` of hound's JSON (etcd's naming format), or a
+/// plain 1.0 `ip:port`.
+fn value_port(value: &str) -> Option<u32> {
+    let addr = match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(json) => json["Addr"].as_str()?.to_owned(),
+        Err(_) => value.to_owned(),
+    };
+    addr.rsplit(':').next()?.parse().ok()
 }
