@@ -141,8 +141,7 @@ fn hold_nodes(
     );
     let mut pool = Pool::new(2);
     for (i, port) in ports.ports.iter().enumerate() {
-        let path =
-            format!("/etcd/register?service={SERVICE}-{i}&ip=127.0.0.1&port={port}{extra}");
+        let path = format!("/etcd/register?service={SERVICE}-{i}&ip=127.0.0.1&port={port}{extra}");
         let mut socket = ws::connect(hound.addr(), &path, PROMPT)?;
         ws::read_text(&mut socket, PROMPT)?;
         socket
@@ -207,4 +206,3 @@ fn metric(hound: &Hound, series: &str) -> Result<f64, String> {
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum())
 }
-

@@ -455,7 +455,14 @@ pub(super) async fn write_value(
             let node = wanted.borrow_and_update().clone();
             let deadline = Instant::now() + Duration::from_secs(3);
             // Boxed: a waiting writer holds a few words, the request's state only while it runs.
-            let written = Box::pin(write(&members, &key, &node, lease.id(), Write::IfOurs, deadline));
+            let written = Box::pin(write(
+                &members,
+                &key,
+                &node,
+                lease.id(),
+                Write::IfOurs,
+                deadline,
+            ));
             match written.await {
                 Ok(Written::At(_)) => {
                     metrics::STATUS_WRITES.add(1);

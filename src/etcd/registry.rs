@@ -6,8 +6,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Semaphore;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch as latest;
 use tokio::task::{AbortHandle, spawn_local};
 use tokio::time::Instant;

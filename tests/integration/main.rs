@@ -16,6 +16,7 @@ mod health;
 mod limits;
 mod metrics;
 mod monitor;
+mod naming;
 mod register;
 mod registrations;
 mod resilience;
