@@ -797,7 +797,7 @@ fn churn(
     let in_etcd: Vec<u32> = writer
         .get_prefix(&format!("{NAMESPACE}/churn/"))?
         .iter()
-        .filter_map(|(_, value)| value_port(&value))
+        .filter_map(|(_, value)| value_port(value))
         .collect();
     let lost = pool.lost();
     if lost > 0 {
