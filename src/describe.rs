@@ -146,7 +146,7 @@ fn json_string(text: &str) -> String {
     serde_json::Value::String(text.to_owned()).to_string()
 }
 
-/// Whether `c` may appear in a tag: `A-Z a-z 0-9 . _ : -`.
+/// Whether `byte` may appear in a tag: `A-Z a-z 0-9 . _ : -`.
 pub fn is_tag_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-')
 }
