@@ -78,10 +78,20 @@ pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
                 check: None,
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| {
-                if let Some(open) = open(&context, &mut cleanup, setup) {
+                if let Some(mut open) = open(&context, &mut cleanup, setup) {
                     // The set-up's deep frames are gone; the loop below runs for the socket's
                     // whole life in a few shallow pages.
                     crate::stack::release_unused();
+                    // Checked only once the socket serves: its SYNC reads "not checked yet",
+                    // and the first finding's PUT reaches a socket that is already in its loop.
+                    if let (Some(spec), Some((service, node))) =
+                        (open.check.take(), &cleanup.registration)
+                    {
+                        match context.checker.start(spec, service, node, id) {
+                            Ok(check) => cleanup.check = Some(check),
+                            Err(err) => log::error!("cannot check {service}/{node}: {err}"),
+                        }
+                    }
                     serve(open, id, &context, cleanup.registration.as_ref());
                 }
             }));
@@ -123,6 +133,8 @@ struct Open {
     inbox: Receiver<Frame>,
     doorbell: Arc<Doorbell>,
     peer: SocketAddr,
+    /// The check to start once the socket serves (register route, `check=` given).
+    check: Option<CheckSpec>,
     /// Counts the socket against `--max-connections` until it ends.
     _slot: SocketSlot,
 }
@@ -174,15 +186,6 @@ fn open(
             let err = Error::Unavailable("hound's watch did not catch up with etcd".into());
             respond_error(request, plan.route, &err);
             return None;
-        }
-        if let Some(spec) = &plan.check {
-            match context.checker.start(spec.clone(), service, node, id) {
-                Ok(check) => cleanup.check = Some(check),
-                Err(err) => {
-                    respond_error(request, plan.route, &err);
-                    return None;
-                }
-            }
         }
     }
     if !context.hub.wait_for_revision(1, MIRROR_WAIT) {
@@ -251,6 +254,7 @@ fn open(
         inbox,
         doorbell,
         peer,
+        check: plan.check.clone(),
         _slot: slot,
     })
 }
