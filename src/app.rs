@@ -69,6 +69,7 @@ impl App {
             ttl: config.ttl,
             namespace: config.namespace.clone(),
             event_namespace: config.event_namespace.clone(),
+            election_namespace: config.election_namespace.clone(),
         };
         let store = if config.embedded {
             log::warn!(

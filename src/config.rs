@@ -31,6 +31,9 @@ Options:
                                                                  [env HOUND_ETCD_USER]
       --namespace NAME         key prefix for registrations      [env HOUND_NAMESPACE, default service]
       --event-namespace NAME   key prefix for custom events      [env HOUND_EVENT_NAMESPACE, default event]
+      --election-namespace NAME
+                               key prefix for leader elections
+                                            [env HOUND_ELECTION_NAMESPACE, default election]
       --ping-interval SECONDS  WebSocket ping interval           [env HOUND_PING_INTERVAL, default 15]
       --idle-timeout SECONDS   close an HTTP connection that waits this
                                long to read or write             [env HOUND_IDLE_TIMEOUT, default 15]
@@ -86,6 +89,8 @@ pub struct Config {
     pub ttl: i64,
     pub namespace: String,
     pub event_namespace: String,
+    /// Key prefix of the leader elections (`campaign=1`), without the trailing `/`.
+    pub election_namespace: String,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub access: Access,
@@ -149,6 +154,7 @@ struct RawArgs {
     ttl: Option<String>,
     namespace: Option<String>,
     event_namespace: Option<String>,
+    election_namespace: Option<String>,
     ping_interval: Option<String>,
     idle_timeout: Option<String>,
     token: Option<String>,
@@ -208,6 +214,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         ttl: flag(&mut args, "--ttl")?,
         namespace: flag(&mut args, "--namespace")?,
         event_namespace: flag(&mut args, "--event-namespace")?,
+        election_namespace: flag(&mut args, "--election-namespace")?,
         ping_interval: flag(&mut args, "--ping-interval")?,
         idle_timeout: flag(&mut args, "--idle-timeout")?,
         token: flag(&mut args, "--token")?,
@@ -284,6 +291,11 @@ impl Config {
         let (etcd_endpoints, etcd_security) = etcd_settings(&from, raw.etcd, embedded)?;
         let ttl = ttl(&from.pick(raw.ttl, "HOUND_TTL", "15"))?;
         let (namespace, event_namespace) = namespaces(&from, raw.namespace, raw.event_namespace)?;
+        let election_namespace = election_namespace(
+            &from,
+            raw.election_namespace,
+            [&namespace, &event_namespace],
+        )?;
         let ping = from.pick(raw.ping_interval, "HOUND_PING_INTERVAL", "15");
         let ping_interval = seconds("--ping-interval", &ping)?;
         let idle = from.pick(raw.idle_timeout, "HOUND_IDLE_TIMEOUT", "15");
@@ -304,6 +316,7 @@ impl Config {
             ttl,
             namespace,
             event_namespace,
+            election_namespace,
             ping_interval,
             idle_timeout,
             access,
@@ -504,6 +517,25 @@ fn namespaces(
         ));
     }
     Ok((namespace, event_namespace))
+}
+
+/// `--election-namespace`: valid, and apart from the other two namespaces, so that no watch
+/// sees another's keys.
+fn election_namespace(from: &Sources, flag: Option<String>, others: [&str; 2]) -> Result<String> {
+    let namespace = from.pick(flag, "HOUND_ELECTION_NAMESPACE", "election");
+    check_namespace("--election-namespace", &namespace)?;
+    let nested = |outer: &str, inner: &str| inner.starts_with(&format!("{outer}/"));
+    if others
+        .iter()
+        .any(|other| *other == namespace || nested(other, &namespace) || nested(&namespace, other))
+    {
+        return Err(Error::Config(
+            "--election-namespace must differ from --namespace and --event-namespace and not \
+             contain either or lie inside one"
+                .into(),
+        ));
+    }
+    Ok(namespace)
 }
 
 /// `--token`, `--allow-origin` and `--allow-host`: who may use hound.
@@ -723,6 +755,14 @@ mod tests {
             (config.namespace.as_str(), config.event_namespace.as_str()),
             ("service", "event")
         );
+        assert_eq!(config.election_namespace, "election");
+        let env = run(&[], &[("HOUND_ELECTION_NAMESPACE", "leaders")]).unwrap();
+        assert_eq!(env.election_namespace, "leaders");
+        let flag = run(
+            &["--election-namespace=a/b"],
+            &[("HOUND_ELECTION_NAMESPACE", "x")],
+        );
+        assert_eq!(flag.unwrap().election_namespace, "a/b");
         assert_eq!(config.ping_interval, Duration::from_secs(15));
         assert_eq!(config.log_level, LevelFilter::Info);
         assert_eq!(config.log_format, LogFormat::Text);
@@ -792,6 +832,9 @@ mod tests {
             &["--namespace", "a b"],
             &["--namespace", "same", "--event-namespace", "same"],
             &["--namespace", "a", "--event-namespace", "a/b"],
+            &["--election-namespace", "service"],
+            &["--election-namespace", "event/x"],
+            &["--election-namespace", "a//b"],
             &["--log-level", "loud"],
             &["--log-format", "xml"],
             &["--ping-interval", "0"],

@@ -4,10 +4,16 @@
 //! a keeper thread refreshes every TTL/3, and a lease that was not refreshed in time (the
 //! process was paused, say) expires — its node is reported as EXPIRE — and is then registered
 //! again, as the etcd backend does when etcd loses a lease.
+//!
+//! Elections follow etcd's too: a campaigning registration has a campaign named after its
+//! lease with the create revision of its first write; a takeover by another campaigning
+//! socket keeps it (as the etcd backend keeps the lease); a deregistration removes it; a lease
+//! that expires loses it and campaigns again, at the back of the queue.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::election::Campaign;
 use crate::etcd::{ClusterStatus, CustomEvent};
 use crate::hub::{Change, Health, Hub, SocketId};
 use crate::keys::ServiceKeys;
@@ -31,11 +37,16 @@ struct Lease {
     node: Registered,
     /// When the lease was last refreshed.
     refreshed: Instant,
+    /// The registration's campaign, if it campaigns: its key (the lease id in hex) and
+    /// create revision.
+    campaign: Option<(String, i64)>,
 }
 
 #[derive(Debug)]
 struct State {
     revision: i64,
+    /// The last lease id handed out; campaigns are named after them.
+    last_lease: i64,
     /// By key `<namespace>/<service>/<node>`.
     registrations: Owners<Lease>,
     /// Whether hound is draining (shutting down with a grace): new registrations are too.
@@ -58,6 +69,7 @@ impl Embedded {
         let store = Embedded {
             state: Arc::new(Mutex::new(State {
                 revision: 1,
+                last_lease: 0,
                 registrations: Owners::default(),
                 draining: false,
             })),
@@ -66,6 +78,7 @@ impl Embedded {
             keys: ServiceKeys::new(namespace),
         };
         hub.resync(Mirror::default(), 1, false);
+        hub.advance_elections(1);
         hub.set_health(Health::Ok);
         let keeper = store.clone();
         std::thread::Builder::new()
@@ -86,12 +99,14 @@ impl Embedded {
         );
     }
 
-    /// Registers at once, unless `wanted` says the client has already gone.
+    /// Registers at once (campaigning with `campaign`), unless `wanted` says the client has
+    /// already gone.
     pub fn register(
         &self,
         service: &str,
         node: &Node,
         owner: SocketId,
+        campaign: bool,
         wanted: &dyn Fn() -> bool,
     ) -> crate::Result<i64> {
         if !wanted() {
@@ -108,18 +123,52 @@ impl Embedded {
             registered.change(&StatusChange::Drain);
         }
         let written = registered.node().clone();
+        // A campaigning takeover of a campaigning registration keeps its campaign.
+        let kept = state
+            .registrations
+            .lease(&key)
+            .and_then(|held| held.campaign.clone())
+            .filter(|_| campaign);
+        let campaign = match kept {
+            Some(kept) => Some(kept),
+            None if campaign => {
+                state.last_lease += 1;
+                Some((format!("{:x}", state.last_lease), revision))
+            }
+            None => None,
+        };
         let lease = Lease {
             service: service.to_owned(),
             node: registered,
             refreshed: Instant::now(),
+            campaign: campaign.clone(),
         };
         let replaced = state.registrations.hold(key.clone(), owner, lease);
+        let withdrawn = replaced
+            .as_ref()
+            .and_then(|replaced| replaced.lease.campaign.clone())
+            .filter(|old| campaign.as_ref() != Some(old));
         // Counted before the hub is told: a client that sees the message and then reads
         // /metrics must find the count that goes with it.
         Self::count_registrations(&state);
         // Applied under the store lock so the hub sees writes in revision order.
         self.hub
             .apply(service, &node.to_string(), Change::Put(written), revision);
+        if let Some((old, _)) = withdrawn {
+            self.hub.apply_campaign(service, &old, None, revision);
+        }
+        match campaign {
+            Some((lease, create_revision)) => {
+                // The campaign's value is `ip:port`, as in etcd's election protocol.
+                let campaign = Campaign {
+                    create_revision,
+                    value: node.to_string(),
+                };
+                self.hub
+                    .apply_campaign(service, &lease, Some(campaign), revision);
+            }
+            None => self.hub.advance_elections(revision),
+        }
         drop(state);
         owners::registered(&self.hub, &key, owner, replaced.map(|r| r.owner));
         Ok(revision)
@@ -128,9 +177,9 @@ impl Embedded {
     pub fn deregister(&self, service: &str, node: &Node, owner: SocketId) {
         let key = self.keys.registration(service, node);
         let mut state = self.lock();
-        if state.registrations.release(&key, owner).is_none() {
+        let Some(lease) = state.registrations.release(&key, owner) else {
             return; // Taken over by a newer socket, or already gone.
-        }
+        };
         state.revision += 1;
         let revision = state.revision;
         Self::count_registrations(&state);
@@ -140,6 +189,17 @@ impl Embedded {
             Change::Removed(KeyEvent::Delete),
             revision,
         );
+        self.withdraw(&lease, &mut state);
+    }
+
+    /// Removes a lease's campaign, if any, as etcd does when the lease is revoked: in the
+    /// revision after its key's deletion.
+    fn withdraw(&self, lease: &Lease, state: &mut State) {
+        if let Some((key, _)) = &lease.campaign {
+            state.revision += 1;
+            self.hub
+                .apply_campaign(&lease.service, key, None, state.revision);
+        }
     }
 
     /// Applies a status change to the registration `owner` holds; a PUT only if the node now
@@ -195,6 +255,7 @@ impl Embedded {
                 Change::Removed(KeyEvent::Delete),
                 state.revision,
             );
+            self.withdraw(&lease, &mut state);
         }
     }
 
@@ -217,18 +278,17 @@ impl Embedded {
         loop {
             std::thread::sleep(KEEPER_TICK);
             let now = Instant::now();
-            let mut state = self.lock();
-            let mut expired = Vec::new();
+            let mut guard = self.lock();
+            let state = &mut *guard;
             for lease in state.registrations.leases_mut() {
                 let age = now.duration_since(lease.refreshed);
-                if age > self.ttl {
-                    expired.push((lease.service.clone(), lease.node.node().clone()));
-                }
                 if age >= self.ttl / 3 {
                     lease.refreshed = now;
                 }
-            }
-            for (service, node) in expired {
+                if age <= self.ttl {
+                    continue;
+                }
+                let (service, node) = (lease.service.clone(), lease.node.node().clone());
                 let full_key = self.keys.registration(&service, &node);
                 log::warn!("lease of {full_key} is gone; registering it again");
                 metrics::LEASE_REGRANTS.add(1);
@@ -237,9 +297,25 @@ impl Embedded {
                 let revision = state.revision;
                 self.hub
                     .apply(&service, &key, Change::Removed(KeyEvent::Expire), revision);
+                if let Some((campaign, _)) = lease.campaign.take() {
+                    // The campaign went with the lease; the new lease campaigns afresh.
+                    self.hub.apply_campaign(&service, &campaign, None, revision);
+                    state.last_lease += 1;
+                    lease.campaign = Some((format!("{:x}", state.last_lease), revision + 1));
+                }
                 state.revision += 1;
                 let revision = state.revision;
-                self.hub.apply(&service, &key, Change::Put(node), revision);
+                self.hub
+                    .apply(&service, &key, Change::Put(node.clone()), revision);
+                if let Some((campaign, create_revision)) = &lease.campaign {
+                    let value = node.to_string();
+                    let campaign_now = Campaign {
+                        create_revision: *create_revision,
+                        value,
+                    };
+                    self.hub
+                        .apply_campaign(&service, campaign, Some(campaign_now), revision);
+                }
                 log::info!("registered {full_key} again with a new lease");
             }
         }
@@ -267,10 +343,10 @@ mod tests {
         hub.subscribe(1, SocketKind::Register, vec!["api".into()], mailbox)
             .unwrap();
         let first = store
-            .register("api", &node("10.0.0.1:80"), 1, &|| true)
+            .register("api", &node("10.0.0.1:80"), 1, false, &|| true)
             .unwrap();
         let second = store
-            .register("api", &node("10.0.0.1:80"), 2, &|| true)
+            .register("api", &node("10.0.0.1:80"), 2, false, &|| true)
             .unwrap();
         assert!(second > first);
         assert_eq!(doorbell.close_requested(), Some(close_code::SUPERSEDED));
@@ -292,10 +368,37 @@ mod tests {
     }
 
     #[test]
+    fn campaigns_keep_their_place_through_a_takeover_and_end_with_the_registration() {
+        let hub = Arc::new(Hub::default());
+        let store = Embedded::start(hub.clone(), 15, "service").unwrap();
+        let (a, b) = (node("10.0.0.1:80"), node("10.0.0.2:80"));
+        let first = store.register("api", &a, 1, true, &|| true).unwrap();
+        store.register("api", &b, 2, true, &|| true).unwrap();
+        let leading = hub.leadership("api");
+        assert_eq!(
+            (leading.leader.as_deref(), leading.rev),
+            (Some("10.0.0.1:80"), first)
+        );
+        // Socket 3 takes 10.0.0.1:80 over and campaigns: it keeps the lead and the rev.
+        let taken = store.register("api", &a, 3, true, &|| true).unwrap();
+        assert!(hub.wait_for_election_revision(taken, Duration::ZERO));
+        assert_eq!(hub.leadership("api"), leading);
+        // Socket 4 takes it over without campaigning: the campaign is withdrawn.
+        store.register("api", &a, 4, false, &|| true).unwrap();
+        let next = hub.leadership("api");
+        assert_eq!(next.leader.as_deref(), Some("10.0.0.2:80"));
+        assert!(next.rev > leading.rev);
+        store.deregister("api", &b, 2);
+        let none = hub.leadership("api");
+        assert_eq!(none.leader, None);
+        assert!(none.rev > next.rev);
+    }
+
+    #[test]
     fn a_client_gone_before_its_registration_is_not_registered() {
         let hub = Arc::new(Hub::default());
         let store = Embedded::start(hub.clone(), 15, "service").unwrap();
-        let gone = store.register("api", &node("10.0.0.1:80"), 1, &|| false);
+        let gone = store.register("api", &node("10.0.0.1:80"), 1, false, &|| false);
         assert!(
             matches!(gone, Err(crate::Error::Unavailable(_))),
             "{gone:?}"

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::describe::Status;
 use crate::dns::zone::Zone;
+use crate::election::{Campaign, Elections, Leadership};
 use crate::error::{Error, Result};
 use crate::membership::{Membership, Mirror};
 use crate::message::{self, BROADCAST_NAMESPACE, Frame, KeyEvent};
@@ -69,6 +70,10 @@ struct State {
     mirror: Mirror,
     /// The highest etcd revision of the service namespace applied to `mirror`.
     revision: i64,
+    /// Every service's election, fed apart from the mirror (its own watch in etcd).
+    elections: Elections,
+    /// The highest etcd revision of the election namespace applied to `elections`.
+    election_revision: i64,
     subscribers: HashMap<String, Vec<SocketId>>,
     sockets: HashMap<SocketId, Subscriber>,
     /// Sockets asked to close before they subscribed (a takeover while the older registration
@@ -98,6 +103,8 @@ impl Default for Hub {
             state: Mutex::new(State {
                 mirror: Mirror::default(),
                 revision: 0,
+                elections: Elections::default(),
+                election_revision: 0,
                 subscribers: HashMap::new(),
                 sockets: HashMap::new(),
                 closed_early: HashMap::new(),
@@ -304,6 +311,63 @@ impl Hub {
         changed.len()
     }
 
+    // ---- elections ---------------------------------------------------------------------
+
+    /// Who leads `service`, as its subscribers were told.
+    pub fn leadership(&self, service: &str) -> Leadership {
+        self.lock().elections.leadership(service)
+    }
+
+    /// Applies one change of a campaign key (`key` is the part after `<service>/`; `None`:
+    /// deleted) at `revision`, and tells the service's subscribers if the leader changed.
+    pub fn apply_campaign(
+        &self,
+        service: &str,
+        key: &str,
+        campaign: Option<Campaign>,
+        revision: i64,
+    ) {
+        let mut state = self.lock();
+        let changed = match campaign {
+            Some(campaign) => state.elections.put(service, key, campaign, revision),
+            None => state.elections.remove(service, key, revision),
+        };
+        if let Some(leadership) = changed {
+            let frame = message::leader_event(service, &leadership);
+            state.deliver_to_service(service, &frame);
+        }
+        state.election_revision = state.election_revision.max(revision);
+        drop(state);
+        self.progress.notify_all();
+    }
+
+    /// Records that the election namespace has been applied up to `revision`.
+    pub fn advance_elections(&self, revision: i64) {
+        let mut state = self.lock();
+        state.election_revision = state.election_revision.max(revision);
+        drop(state);
+        self.progress.notify_all();
+    }
+
+    /// Replaces every election with a fresh read taken at `revision`, telling the subscribers
+    /// of each service whose leader changed.
+    pub fn resync_elections(&self, fresh: Elections, revision: i64) {
+        let mut state = self.lock();
+        for (service, leadership) in state.elections.replace(fresh, revision) {
+            let frame = message::leader_event(&service, &leadership);
+            state.deliver_to_service(&service, &frame);
+        }
+        state.election_revision = revision;
+        drop(state);
+        self.progress.notify_all();
+    }
+
+    /// Waits until the elections have applied etcd revision `revision`; false on timeout.
+    pub fn wait_for_election_revision(&self, revision: i64, timeout: Duration) -> bool {
+        self.wait_until(timeout, |state| state.election_revision >= revision)
+            .0
+    }
+
     /// Delivers a custom event.
     pub fn deliver_custom(&self, audience: &Audience, event_type: &str, event_body: &str) {
         let mut state = self.lock();
@@ -354,6 +418,17 @@ impl Hub {
             if mailbox.send(&frame).is_err() {
                 return Err(Error::Internal(
                     "socket queue is too small for its SYNC".into(),
+                ));
+            }
+            // The leader follows the SYNC, when the service has one.
+            let leadership = state.elections.leadership(service);
+            if leadership.leader.is_some()
+                && mailbox
+                    .send(&message::leader_event(service, &leadership))
+                    .is_err()
+            {
+                return Err(Error::Internal(
+                    "socket queue is too small for its LEADER".into(),
                 ));
             }
         }
@@ -624,6 +699,46 @@ mod tests {
         );
         hub.unsubscribe(9);
         assert!(hub.lock().closed_early.is_empty());
+    }
+
+    #[test]
+    fn the_leader_follows_the_sync_and_every_change() {
+        let hub = Hub::default();
+        let campaign = |create_revision, value: &str| {
+            Some(Campaign {
+                create_revision,
+                value: value.into(),
+            })
+        };
+        hub.apply_campaign("api", "a1", campaign(3, "10.0.0.1:80"), 3);
+        let (_, inbox, _) = socket(&hub, &["api", "db"], 16);
+        let first = texts(&inbox);
+        assert_eq!(first.len(), 3, "{first:?}");
+        assert!(first[0].contains("SYNC") && first[0].contains("\"api\""));
+        assert_eq!(
+            first[1],
+            r#"{"namespace":"api","body":{"key_event":"LEADER","leader":{"ip":"10.0.0.1","port":80},"rev":3}}"#
+        );
+        assert!(first[2].contains("SYNC") && first[2].contains("\"db\""));
+        hub.apply_campaign("api", "b2", campaign(4, "etcdctl"), 4);
+        assert!(
+            texts(&inbox).is_empty(),
+            "a queued campaigner changes nothing"
+        );
+        hub.apply_campaign("api", "a1", None, 5);
+        assert_eq!(
+            texts(&inbox),
+            [
+                r#"{"namespace":"api","body":{"key_event":"LEADER","leader":{"value":"etcdctl"},"rev":4}}"#
+            ]
+        );
+        hub.apply_campaign("api", "b2", None, 6);
+        assert_eq!(
+            texts(&inbox),
+            [r#"{"namespace":"api","body":{"key_event":"LEADER","leader":null,"rev":6}}"#]
+        );
+        assert!(hub.wait_for_election_revision(6, Duration::ZERO));
+        assert_eq!(hub.leadership("api").json(), r#"{"leader":null,"rev":6}"#);
     }
 
     #[test]

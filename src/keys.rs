@@ -1,7 +1,8 @@
 //! The etcd key layout, the one place that builds and parses keys: registrations
 //! `<namespace>/<service>/<node>`, their tombstones `<namespace>/~deregistered/<service>/<node>`,
 //! the store marker `<namespace>/~store`, and custom events
-//! `<event-namespace>/<instance>-<sequence>`.
+//! `<event-namespace>/<instance>-<sequence>`, and election campaigns
+//! `<election-namespace>/<service>/<lease id in hex>`.
 
 use crate::names::{Node, is_service_name};
 
@@ -100,6 +101,43 @@ impl EventKeys {
     }
 }
 
+/// The keys of the election namespace, in etcd's own election layout (`concurrency.Election`,
+/// which `etcdctl elect` uses): the election of `<service>` is the prefix
+/// `<election-namespace>/<service>`, and each campaign is a key under it named after the
+/// campaigner's lease, so `etcdctl elect <election-namespace>/<service>` joins the same election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ElectionKeys {
+    /// `<election-namespace>/`.
+    prefix: String,
+}
+
+impl ElectionKeys {
+    /// The layout under `election_namespace` (given without the trailing `/`).
+    pub fn new(election_namespace: &str) -> ElectionKeys {
+        ElectionKeys {
+            prefix: format!("{election_namespace}/"),
+        }
+    }
+
+    /// `<election-namespace>/`, the prefix the election watch reads and covers.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<election-namespace>/<service>/<lease>`: etcd's `Campaign` names its key
+    /// `fmt.Sprintf("%s/%x", prefix, leaseID)`, lower-case hex without padding.
+    pub fn campaign(&self, service: &str, lease: i64) -> String {
+        format!("{}{service}/{lease:x}", self.prefix)
+    }
+
+    /// `(<service>, <rest>)` of a key in the election of a valid service name. Like etcd's
+    /// election, every key under `<election-namespace>/<service>/` takes part, whatever its
+    /// last segment.
+    pub fn parse_campaign<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        split_service_node(key.strip_prefix(&self.prefix)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +215,18 @@ mod tests {
         assert_eq!(keys.prefix(), "event/");
         assert_eq!(keys.event("1f-2a", 1), "event/1f-2a-00000001");
         assert_eq!(keys.event("1f-2a", 0x1_0000_0000), "event/1f-2a-100000000");
+    }
+
+    #[test]
+    fn campaigns_are_named_as_etcd_names_them() {
+        let keys = ElectionKeys::new("election");
+        assert_eq!(keys.prefix(), "election/");
+        let key = keys.campaign("api", 0x694d_7a1b_2c3d_0e0f);
+        assert_eq!(key, "election/api/694d7a1b2c3d0e0f");
+        assert_eq!(keys.campaign("api", 0x1f), "election/api/1f");
+        assert_eq!(keys.parse_campaign(&key), Some(("api", "694d7a1b2c3d0e0f")));
+        assert_eq!(keys.parse_campaign("election/a b/1"), None);
+        assert_eq!(keys.parse_campaign("election/api/"), None);
+        assert_eq!(keys.parse_campaign("service/api/1"), None);
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 mod context;
 mod describe;
 mod dns;
+mod election;
 mod embedded;
 mod error;
 mod etcd;

@@ -174,6 +174,18 @@ pub fn custom_event(namespace: &str, event_type: &str, event_body: &str) -> Fram
     Frame::text(&text)
 }
 
+/// `{"namespace":S,"body":{"key_event":"LEADER","leader":L,"rev":N}}`: who leads the
+/// service's election (see `election.rs`).
+pub fn leader_event(service: &str, leadership: &crate::election::Leadership) -> Frame {
+    let text = format!(
+        "{{\"namespace\":{},\"body\":{{\"key_event\":\"LEADER\",\"leader\":{},\"rev\":{}}}}}",
+        json_string(service),
+        leadership.leader_json(),
+        leadership.rev
+    );
+    Frame::text(&text)
+}
+
 /// A JSON string literal with every character escaped as JSON requires.
 pub fn json_string(text: &str) -> String {
     serde_json::Value::String(text.to_owned()).to_string()

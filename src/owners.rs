@@ -47,6 +47,18 @@ impl<L> Owners<L> {
             })
     }
 
+    /// The backend's lease of `key`, if this hound holds it.
+    pub fn lease(&self, key: &str) -> Option<&L> {
+        self.held.get(key).map(|held| &held.lease)
+    }
+
+    /// Makes `owner` the holder of `key`, keeping its lease (a takeover that keeps the node's
+    /// place in its election); returns the previous holder, or `None` if `key` is not held.
+    pub fn transfer(&mut self, key: &str, owner: SocketId) -> Option<SocketId> {
+        let held = self.held.get_mut(key)?;
+        Some(std::mem::replace(&mut held.owner, owner))
+    }
+
     /// Forgets `key` if `owner` still holds it and returns its lease for the backend to delete;
     /// `None` if a newer socket took it over (that socket's registration stays) or it is gone.
     pub fn release(&mut self, key: &str, owner: SocketId) -> Option<L> {
@@ -121,6 +133,11 @@ mod tests {
             None,
             "the old owner cannot release it"
         );
+        assert_eq!(owners.lease("k"), Some(&"second"));
+        assert_eq!(owners.transfer("k", 3), Some(2));
+        assert_eq!(owners.transfer("nope", 3), None);
+        assert_eq!(owners.release("k", 2), None, "it was handed to 3");
+        assert_eq!(owners.transfer("k", 2), Some(3));
         assert_eq!(owners.release("k", 2), Some("second"));
         assert_eq!(owners.release("k", 2), None);
         assert_eq!(owners.len(), 0);

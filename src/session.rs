@@ -41,6 +41,8 @@ const MIRROR_WAIT: Duration = Duration::from_secs(5);
 pub struct SocketPlan {
     /// The node to register, under its service (register route only).
     pub registration: Option<(String, Node)>,
+    /// Whether the registered node campaigns for leadership of its service (`campaign=1`).
+    pub campaign: bool,
     /// Every service the socket hears about, each once.
     pub services: Vec<String>,
     /// hound's check of the registered node, if it asked for one.
@@ -174,7 +176,8 @@ fn open(
         cleanup.registration = Some((service.clone(), node.clone()));
         // A client that leaves while etcd is slow is not registered behind its back.
         let wanted = || !request.client_gone();
-        let revision = match context.store.register(service, node, id, &wanted) {
+        let campaign = plan.campaign;
+        let revision = match context.store.register(service, node, id, campaign, &wanted) {
             Ok(revision) => revision,
             Err(err) => {
                 log::warn!("could not register {service}/{node} for {peer}: {err}");
@@ -182,7 +185,14 @@ fn open(
                 return None;
             }
         };
-        if !context.hub.wait_for_revision(revision, MIRROR_WAIT) {
+        // The campaign key was written in the same revision: its first LEADER, and REST,
+        // already know of it.
+        let caught_up = context.hub.wait_for_revision(revision, MIRROR_WAIT)
+            && (!campaign
+                || context
+                    .hub
+                    .wait_for_election_revision(revision, MIRROR_WAIT));
+        if !caught_up {
             let err = Error::Unavailable("hound's watch did not catch up with etcd".into());
             respond_error(request, plan.route, &err);
             return None;
@@ -204,8 +214,9 @@ fn open(
             return None;
         }
     };
-    // Room for the SYNCs on top of the usual queue (a `*` socket gets one per service).
-    let syncs = plan.services.len() + context.hub.service_count();
+    // Room for the SYNCs, and a LEADER after each, on top of the usual queue (a `*` socket
+    // gets them for every service).
+    let syncs = 2 * (plan.services.len() + context.hub.service_count());
     let wire = Arc::new(Wire::default());
     let (mailbox, inbox) = Mailbox::new(QUEUE_CAPACITY + syncs, wire.clone(), doorbell.clone());
     let (kind, framing) = match (&plan.registration, &plan.protocol) {
@@ -330,7 +341,7 @@ mod tests {
                         registration: Some(("api".into(), node.clone())),
                         check: None,
                     };
-                    store.register("api", &node, 7, &|| true).unwrap();
+                    store.register("api", &node, 7, true, &|| true).unwrap();
                     let doorbell = Arc::new(Doorbell::new().unwrap());
                     let (mailbox, _inbox) = Mailbox::new(4, Arc::default(), doorbell);
                     hub.subscribe(7, SocketKind::Register, vec!["api".into()], mailbox)

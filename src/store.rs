@@ -25,16 +25,22 @@ impl Store {
     /// revision of the write. A registration of the same key by another socket is taken over
     /// and that socket closed with 4000. `wanted` says whether the client still waits for
     /// the answer: a registration whose client has gone is not written (or is undone).
+    ///
+    /// With `campaign`, the node also campaigns for leadership of its service, on the
+    /// registration's lease, in the same revision. A campaigning registration that takes over
+    /// another campaigning one keeps its place in the election (the same lease, in both
+    /// backends); one that does not campaign withdraws the older one's campaign.
     pub fn register(
         &self,
         service: &str,
         node: &Node,
         owner: SocketId,
+        campaign: bool,
         wanted: &dyn Fn() -> bool,
     ) -> Result<i64> {
         match self {
-            Store::Etcd(etcd) => etcd.register(service, node, owner, wanted),
-            Store::Embedded(store) => store.register(service, node, owner, wanted),
+            Store::Etcd(etcd) => etcd.register(service, node, owner, campaign, wanted),
+            Store::Embedded(store) => store.register(service, node, owner, campaign, wanted),
         }
     }
 

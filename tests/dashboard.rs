@@ -246,6 +246,40 @@ fn dashboard_passes_the_token_on() {
     page.assert_no_exceptions();
 }
 
+#[test]
+fn dashboard_marks_the_leader() {
+    let _watchdog = watchdog();
+    let hound = Hound::start(&["--embedded", "-p", "0"]);
+    let first = campaign(hound.addr, "api", "10.0.0.1", 80);
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("http://{}/", hound.addr));
+    page.wait_for("the leader marked after the SYNC", |p| {
+        service(p, "api").is_some_and(|s| s["leads"] == "10.0.0.1:80")
+    });
+    let second = campaign(hound.addr, "api", "10.0.0.2", 80);
+    page.wait_for("both nodes, the first still leading", |p| {
+        nodes(p, "api") == Some(vec!["10.0.0.1:80", "10.0.0.2:80"])
+            && service(p, "api").is_some_and(|s| s["leads"] == "10.0.0.1:80")
+    });
+    first.close();
+    page.wait_for("the second leading, and a LEADER event", |p| {
+        service(p, "api").is_some_and(|s| s["leads"] == "10.0.0.2:80")
+            && p["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["kind"] == "LEADER"
+                        && e["body"]
+                            .as_str()
+                            .is_some_and(|b| b.starts_with("10.0.0.2:80 (rev "))
+                })
+            })
+    });
+    second.close();
+    page.wait_for("no leader once the last campaigner left", |p| {
+        service(p, "api").is_some_and(|s| s["leads"].is_null() && s["empty"] == true)
+    });
+    page.assert_no_exceptions();
+}
+
 // ---------------------------------------------------------------------------------------------
 // What the page shows
 // ---------------------------------------------------------------------------------------------
@@ -273,6 +307,8 @@ const SNAPSHOT: &str = r##"(() => {
         note: n.querySelector(".note")?.textContent ?? null,
         statusColour: n.querySelector(".status") ? getComputedStyle(n.querySelector(".status")).color : null,
       })),
+      leads: s.querySelector("li[data-leader]")?.dataset.node
+        ?? s.querySelector(".leader-note")?.dataset.leader ?? null,
     })),
     events: [...document.querySelectorAll("#events > li")].map((li) => ({
       kind: li.dataset.kind,
@@ -690,6 +726,13 @@ fn register(addr: SocketAddr, service: &str, ip: &str, port: u16, token: &str) -
         format!("{url}&token={token}")
     };
     register_url(&url)
+}
+
+/// A register socket that campaigns for leadership of its service.
+fn campaign(addr: SocketAddr, service: &str, ip: &str, port: u16) -> Registration {
+    register_url(&format!(
+        "ws://{addr}/etcd/register?service={service}&ip={ip}&port={port}&campaign=1"
+    ))
 }
 
 /// Registers through `url` (a whole `ws://…/etcd/register?…` URL) and reads its SYNC.

@@ -8,11 +8,12 @@
 //!
 //! Options (after `--`): `--quick` (smaller counts, for trying the bench out; not comparable),
 //! `--only SECTION[,SECTION…]` (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`,
-//! `sse`), and
+//! `sse`, `leader`, `checks`), and
 //! `--update-docs` (rewrite the generated section of `docs/performance.md`).
 
 mod checks;
 mod discovery;
+mod election;
 mod etcd;
 mod http;
 mod procs;
@@ -52,7 +53,7 @@ struct Options {
     quick: bool,
     update_docs: bool,
     /// Sections to run (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`, `sse`,
-    /// `checks`);
+    /// `leader`, `checks`);
     /// all if empty.
     only: Vec<String>,
 }
@@ -250,6 +251,11 @@ fn run(options: &Options, report: &mut Report, fd_limit: FdLimit) -> Result<(), 
         report.failed("1", "fan-out", &err);
     }
 
+    if options.runs("leader")
+        && let Err(err) = election::leader_change(options, &etcd, report)
+    {
+        report.failed("8", "leader change", &err);
+    }
     if options.runs("dns")
         && let Err(err) = discovery::dns(options, &etcd, &writer, report)
     {

@@ -10,6 +10,8 @@ use crate::hub::{Health, Hub};
 pub(super) const SERVICE_WATCH: &str = "service watch";
 /// The event watch's name in log lines and in `/healthz`.
 pub(super) const EVENT_WATCH: &str = "event watch";
+/// The election watch's name in log lines and in `/healthz`.
+pub(super) const ELECTION_WATCH: &str = "election watch";
 
 /// What the probe and the watches know; `/healthz` is OK only when all agree.
 #[derive(Debug, Default)]
@@ -21,6 +23,7 @@ pub(super) struct HealthState {
     pub alarms: RefCell<String>,
     pub services: WatchHealth,
     pub events: WatchHealth,
+    pub elections: WatchHealth,
 }
 
 /// What one watch tells `/healthz`.
@@ -40,9 +43,16 @@ impl HealthState {
                 "etcd raised an alarm: {}; it refuses writes until an operator clears it",
                 self.alarms.borrow()
             ))
-        } else if !self.services.watched.get() || !self.events.watched.get() {
+        } else if !self.services.watched.get()
+            || !self.events.watched.get()
+            || !self.elections.watched.get()
+        {
             let mut why = Vec::new();
-            for (name, watch) in [(SERVICE_WATCH, &self.services), (EVENT_WATCH, &self.events)] {
+            for (name, watch) in [
+                (SERVICE_WATCH, &self.services),
+                (EVENT_WATCH, &self.events),
+                (ELECTION_WATCH, &self.elections),
+            ] {
                 if !watch.watched.get() {
                     let problem = watch.problem.borrow();
                     let problem = if problem.is_empty() {

@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep, timeout};
 use super::backoff::{Backoff, Throttle};
 use super::members::{Member, Members, lease_not_found, no_space};
 use crate::error::Result;
+use crate::keys::ElectionKeys;
 use crate::metrics;
 use crate::names::Node;
 
@@ -100,6 +101,14 @@ pub(super) async fn grant(members: &Members, ttl: i64, deadline: Instant) -> Res
     Ok(granted.id())
 }
 
+/// A registration that campaigns for leadership of its service: its campaign key is named
+/// after its lease, so each write builds it for the lease it writes on.
+#[derive(Debug, Clone)]
+pub(super) struct Campaigning {
+    pub keys: ElectionKeys,
+    pub service: String,
+}
+
 /// How a registration's key is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Write {
@@ -130,28 +139,38 @@ pub(super) enum Written {
 /// before `deadline`. Every attempt writes the same value on the same lease, so one given up
 /// that still reaches etcd later changes nothing; and once the registration ends its lease
 /// is revoked, so such a write fails then.
+///
+/// With `campaign`, the campaign key `<election-namespace>/<service>/<lease hex>` is put in
+/// the same transaction, on the same lease, with the node as its value. etcd's `Campaign`
+/// puts it only if it does not exist; a put of an existing key keeps its create revision, so
+/// writing it again (a takeover on the same lease, a key put back) never moves the node back
+/// in the election, and a new lease's key cannot exist yet.
 pub(super) async fn write(
     members: &Members,
     key: &str,
     node: &Node,
     lease: i64,
     how: Write,
+    campaign: Option<&Campaigning>,
     deadline: Instant,
 ) -> Result<Written> {
-    let put = TxnOp::put(
-        key,
-        crate::value::encode(node),
-        Some(PutOptions::new().with_lease(lease)),
-    );
+    let on_lease = || Some(PutOptions::new().with_lease(lease));
+    // Only the registration's value is hound's JSON; the campaign key's stays `ip:port`, as
+    // etcd's election protocol (and `etcdctl elect`) has it.
+    let mut puts = vec![TxnOp::put(key, crate::value::encode(node), on_lease())];
+    if let Some(campaign) = campaign {
+        let campaign_key = campaign.keys.campaign(&campaign.service, lease);
+        puts.push(TxnOp::put(campaign_key, node.to_string(), on_lease()));
+    }
     let txn = match how {
-        Write::Always => Txn::new().and_then([put]),
+        Write::Always => Txn::new().and_then(puts),
         Write::IfOurs => Txn::new()
             .when([Compare::lease(key, CompareOp::Equal, lease)])
-            .and_then([put])
+            .and_then(puts)
             .or_else([TxnOp::get(key, None)]),
         Write::IfMissing => Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([put])
+            .and_then(puts)
             .or_else([TxnOp::get(key, None)]),
     };
     members
@@ -270,6 +289,8 @@ pub(super) struct Kept {
     /// The node as it should read now (its status changes); a put-back writes the latest.
     pub node: watch::Receiver<Node>,
     pub ttl: i64,
+    /// The registration's campaign, written again with its key.
+    pub campaign: Option<Campaigning>,
     /// Whether hound's mirror of the namespace (fed by its watch) holds the key.
     pub in_mirror: Box<dyn Fn() -> bool>,
 }
@@ -392,15 +413,17 @@ async fn put_key_back(
 ) -> Result<Written> {
     #[cfg(debug_assertions)]
     if hold::armed() {
-        let (members, key, node, id) = (
+        let (members, key, node, id, campaign) = (
             members.clone(),
             kept.key.clone(),
             kept.node.borrow().clone(),
             lease.id(),
+            kept.campaign.clone(),
         );
         let held = async move {
             let deadline = Instant::now() + Duration::from_secs(5);
-            let written = write(&members, &key, &node, id, Write::IfMissing, deadline).await;
+            let how = Write::IfMissing;
+            let written = write(&members, &key, &node, id, how, campaign.as_ref(), deadline).await;
             log::warn!("test hook: the held write of {key} on lease {id:x}: {written:?}");
         };
         hold::park(lease, &kept.key, held).await;
@@ -412,6 +435,7 @@ async fn put_key_back(
         &node,
         lease.id(),
         Write::IfMissing,
+        kept.campaign.as_ref(),
         deadline,
     )
     .await
@@ -461,6 +485,8 @@ pub(super) async fn write_value(
                 &node,
                 lease.id(),
                 Write::IfOurs,
+                // A status change leaves the campaign key's value (`ip:port`) as it is.
+                None,
                 deadline,
             ));
             match written.await {

@@ -5,6 +5,7 @@
 //! reports start-up success over a channel, then serves commands until every handle is dropped.
 
 mod backoff;
+mod election;
 mod events;
 mod health;
 mod lease;
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::hub::{Audience, Hub, SocketId};
-use crate::keys::{EventKeys, ServiceKeys};
+use crate::keys::{ElectionKeys, EventKeys, ServiceKeys};
 use crate::names::Node;
 use crate::status::StatusChange;
 
@@ -45,6 +46,8 @@ pub struct Settings {
     pub namespace: String,
     /// Key prefix for custom events, without the trailing `/`.
     pub event_namespace: String,
+    /// Key prefix for leader elections, without the trailing `/`.
+    pub election_namespace: String,
 }
 
 impl Settings {
@@ -56,6 +59,11 @@ impl Settings {
     /// The layout of the event keys under `event_namespace`.
     fn event_keys(&self) -> EventKeys {
         EventKeys::new(&self.event_namespace)
+    }
+
+    /// The layout of the campaign keys under `election_namespace`.
+    fn election_keys(&self) -> ElectionKeys {
+        ElectionKeys::new(&self.election_namespace)
     }
 }
 
@@ -111,6 +119,8 @@ enum Command {
         service: String,
         node: Node,
         owner: SocketId,
+        /// Whether the node campaigns for leadership of its service.
+        campaign: bool,
         deadline: Instant,
         abandon: Arc<Abandon>,
         reply: Reply<i64>,
@@ -242,12 +252,14 @@ impl Etcd {
     /// [`Etcd::deregister`]. Returns the etcd revision of the write. A registration of the same
     /// key by another socket of this hound is taken over: that socket is closed with 4000.
     /// Once `wanted` says the client has gone, the registration is dropped if it has not
-    /// started, or stopped and undone if it has.
+    /// started, or stopped and undone if it has. With `campaign`, the node's campaign key is
+    /// written in the same transaction, on the same lease.
     pub fn register(
         &self,
         service: &str,
         node: &Node,
         owner: SocketId,
+        campaign: bool,
         wanted: &dyn Fn() -> bool,
     ) -> Result<i64> {
         let (service, node) = (service.to_owned(), node.clone());
@@ -256,6 +268,7 @@ impl Etcd {
                 service,
                 node,
                 owner,
+                campaign,
                 deadline,
                 abandon,
                 reply,

@@ -14,13 +14,13 @@ use tokio::time::Instant;
 
 use super::events::Publisher;
 use super::health::HealthState;
-use super::lease::{self, Kept, Lease, Write, Written};
+use super::lease::{self, Campaigning, Kept, Lease, Write, Written};
 use super::members::Members;
 use super::watch;
 use super::{Abandon, ClusterStatus, Command, Settings};
 use crate::error::{Error, Result};
 use crate::hub::{Hub, SocketId};
-use crate::keys::ServiceKeys;
+use crate::keys::{ElectionKeys, ServiceKeys};
 use crate::metrics;
 use crate::names::Node;
 use crate::owners::{self, Owners, Replaced};
@@ -41,6 +41,8 @@ struct Held {
     /// each keep one. Dropping `value` ends the writer after the write in flight, which lands
     /// only while the key is on this lease.
     writing: Rc<Cell<bool>>,
+    /// Whether the registration campaigns, with a key on `lease`.
+    campaign: bool,
 }
 
 impl Held {
@@ -54,6 +56,7 @@ struct Registry {
     members: Members,
     settings: Rc<Settings>,
     keys: ServiceKeys,
+    elections: ElectionKeys,
     hub: Arc<Hub>,
     held: Owners<Held>,
     /// Set by a drain: every registration, present and future, reads `draining`.
@@ -88,6 +91,7 @@ pub(super) async fn serve(
     let mut registry = Registry {
         members,
         keys: settings.service_keys(),
+        elections: settings.election_keys(),
         settings,
         hub,
         held: Owners::default(),
@@ -102,12 +106,18 @@ pub(super) async fn serve(
                 service,
                 node,
                 owner,
+                campaign,
                 deadline,
                 abandon,
                 reply,
             } => {
                 let deadline = Instant::from_std(deadline);
-                let registered = registry.register(&service, &node, owner, deadline, &abandon);
+                let campaign = campaign.then(|| Campaigning {
+                    keys: registry.elections.clone(),
+                    service: service.clone(),
+                });
+                let registered =
+                    registry.register(&service, &node, owner, campaign, deadline, &abandon);
                 let _ = reply.send(registered.await);
             }
             Command::Deregister {
@@ -168,6 +178,7 @@ impl Registry {
         service: &str,
         node: &Node,
         owner: SocketId,
+        campaign: Option<Campaigning>,
         deadline: Instant,
         abandon: &Abandon,
     ) -> Result<i64> {
@@ -181,10 +192,17 @@ impl Registry {
         if self.draining {
             registered.change(&StatusChange::Drain);
         }
+        if let Some(campaign) = &campaign
+            && let Some(revision) = self
+                .take_over_campaign(&key, &registered, owner, campaign, deadline, abandon)
+                .await?
+        {
+            return Ok(revision);
+        }
         let node = registered.node();
         let lease = Rc::new(Lease::default());
         let written = tokio::select! {
-            written = self.write_new(&key, node, &lease, deadline) => written,
+            written = self.write_new(&key, node, &lease, campaign.as_ref(), deadline) => written,
             () = abandon.abandoned() => Err(gone()),
         };
         let revision = match written {
@@ -198,9 +216,10 @@ impl Registry {
             }
         };
         let (value, reading) = latest::channel(node.clone());
+        let is_campaigning = campaign.is_some();
         let keeper = spawn_local(lease::keep_alive(
             self.members.clone(),
-            self.kept(service, node, key.clone(), reading),
+            self.kept(service, node, key.clone(), reading, campaign),
             lease.clone(),
         ))
         .abort_handle();
@@ -210,6 +229,7 @@ impl Registry {
             registered,
             value,
             writing: Rc::default(),
+            campaign: is_campaigning,
         };
         let replaced = self.held.hold(key.clone(), owner, held);
         if let Some(Replaced { lease: held, .. }) = &replaced {
@@ -224,18 +244,75 @@ impl Registry {
         Ok(revision)
     }
 
+    /// A campaigning registration of a key this hound holds for a campaigning socket takes it
+    /// over on the same lease, rather than on a new one as other takeovers do: the campaign
+    /// key is named after the lease, so it keeps its create revision and the node its place
+    /// in the election (a leader stays leader, with the same `rev`). The key is written again
+    /// on that lease (with the campaign key), and the older socket is closed with 4000. The
+    /// keeper and the value writer stay; what the node now says (its description, its check's
+    /// first status) is the new registration's.
+    /// `None` if there is no such registration or etcd lost its lease: then the caller
+    /// registers on a new lease as usual.
+    async fn take_over_campaign(
+        &mut self,
+        key: &str,
+        registered: &Registered,
+        owner: SocketId,
+        campaign: &Campaigning,
+        deadline: Instant,
+        abandon: &Abandon,
+    ) -> Result<Option<i64>> {
+        let lease = match self.held.lease(key) {
+            Some(held) if held.campaign && held.lease.id() != 0 => held.lease.clone(),
+            _ => return Ok(None),
+        };
+        let (members, id, node) = (&self.members, lease.id(), registered.node());
+        let written = tokio::select! {
+            written = lease::write(members, key, node, id, Write::Always, Some(campaign), deadline)
+                => written?,
+            () = abandon.abandoned() => return Err(Error::Unavailable(
+                "the client went away before it was registered".into(),
+            )),
+        };
+        let Written::At(revision) = written else {
+            return Ok(None);
+        };
+        // The registration may have ended while the write was on its way: then it is not
+        // ours to take over any more, and a new lease is the safe course.
+        if self
+            .held
+            .lease(key)
+            .is_none_or(|held| !Rc::ptr_eq(&held.lease, &lease))
+        {
+            return Ok(None);
+        }
+        let previous = self.held.transfer(key, owner);
+        if let Some(held) = self.held.held_by_mut(key, owner) {
+            // The old registration's value writer may still have a write of its status on the
+            // way, on this same lease: told of the new value, it writes that once more after.
+            // A keeper that puts the key back writes it too.
+            held.value.send_replace(node.clone());
+            held.registered = registered.clone();
+        }
+        owners::registered(&self.hub, key, owner, previous);
+        Ok(Some(revision))
+    }
+
     /// Grants a lease (recorded in `lease` at once) and writes `key` on it, taking the key
-    /// over from any other lease; the revision of the write.
+    /// over from any other lease, with the campaign key if it campaigns; the revision of the
+    /// write.
     async fn write_new(
         &self,
         key: &str,
         node: &Node,
         lease: &Lease,
+        campaign: Option<&Campaigning>,
         deadline: Instant,
     ) -> Result<i64> {
         let members = &self.members;
         lease.set(lease::grant(members, self.settings.ttl, deadline).await?);
-        match lease::write(members, key, node, lease.id(), Write::Always, deadline).await? {
+        let always = Write::Always;
+        match lease::write(members, key, node, lease.id(), always, campaign, deadline).await? {
             Written::At(revision) => Ok(revision),
             // An unconditional write either lands or finds its lease gone.
             _ => Err(Error::Unavailable(
@@ -252,12 +329,14 @@ impl Registry {
         node: &Node,
         key: String,
         reading: latest::Receiver<Node>,
+        campaign: Option<Campaigning>,
     ) -> Kept {
         let (hub, service, node_key) = (self.hub.clone(), service.to_owned(), node.to_string());
         Kept {
             key,
             node: reading,
             ttl: self.settings.ttl,
+            campaign,
             in_mirror: Box::new(move || hub.holds(&service, &node_key)),
         }
     }

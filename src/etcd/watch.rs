@@ -46,10 +46,15 @@ pub(super) fn spawn(
         events,
         Watch::new(members, hub, health, &marker),
     ));
+    let elections = super::election::ElectionFeed::new(settings.election_keys());
+    spawn_local(keep_watching(
+        elections,
+        Watch::new(members, hub, health, &marker),
+    ));
 }
 
 /// Why a watch session ended.
-enum Break {
+pub(super) enum Break {
     /// The revision to resume from was compacted: re-read the prefix.
     Compacted,
     /// etcd is not the store we watched (its cluster id changed, its revision went backwards,
@@ -89,9 +94,9 @@ impl From<Error> for Break {
 
 /// Where a watch stands: the next revision to watch from, and the store it belongs to.
 #[derive(Debug, Default)]
-struct Position {
-    resume_from: Option<i64>,
-    cluster: Option<u64>,
+pub(super) struct Position {
+    pub resume_from: Option<i64>,
+    pub cluster: Option<u64>,
     /// The store marker's value (`etcd/marker.rs`) when this watch first read it.
     store: Option<String>,
     /// The next re-read must SYNC every subscribed service, changed or not.
@@ -188,11 +193,11 @@ async fn open_watch(
 }
 
 /// One watch: the members it reads from, where it reports, and how far it got.
-struct Watch {
-    members: Members,
-    hub: Arc<Hub>,
+pub(super) struct Watch {
+    pub members: Members,
+    pub hub: Arc<Hub>,
     health: Rc<HealthState>,
-    position: Position,
+    pub position: Position,
     backoff: Backoff,
     /// The store marker's key.
     marker: String,
@@ -213,7 +218,7 @@ impl Watch {
     /// Checks that etcd still holds the store marker this watch first read (reading it, or
     /// writing it if absent, the first time): a wiped store fools every response header,
     /// but not this. Done before a watch applies anything of a new session.
-    async fn check_store(&mut self) -> Result<(), Break> {
+    pub async fn check_store(&mut self) -> Result<(), Break> {
         let deadline = Instant::now() + READ_DEADLINE;
         let found = marker::read_or_write(&self.members, &self.marker, deadline).await?;
         match &self.position.store {
@@ -230,8 +235,8 @@ impl Watch {
 }
 
 /// What one watch does with its prefix; the loop around it (open, resume, back off, reopen)
-/// is [`keep_watching`], shared by both watches.
-trait Feed {
+/// is [`keep_watching`], shared by every watch.
+pub(super) trait Feed {
     /// Names the watch in log lines and in `/healthz`.
     const NAME: &'static str;
 
@@ -601,7 +606,10 @@ impl Feed for EventFeed {
 }
 
 /// Every key under `prefix`, read through the members that answer.
-async fn read_prefix(members: &Members, prefix: &str) -> Result<etcd_client::GetResponse, Error> {
+pub(super) async fn read_prefix(
+    members: &Members,
+    prefix: &str,
+) -> Result<etcd_client::GetResponse, Error> {
     let deadline = Instant::now() + READ_DEADLINE;
     members
         .call(deadline, |mut client| async move {
@@ -660,9 +668,11 @@ mod tests {
         health.set(&hub, &health.etcd_answers, true, None);
         assert_eq!(
             reason(&hub),
-            "the etcd watches are reconnecting: service watch: opening; event watch: opening"
+            "the etcd watches are reconnecting: service watch: opening; event watch: opening; \
+             election watch: opening"
         );
         health.set(&hub, &ServiceFeed::health(&health).watched, true, None);
+        health.set(&hub, &health.elections.watched, true, None);
         *EventFeed::health(&health).problem.borrow_mut() = Break::Compacted.reason();
         health.set(&hub, &EventFeed::health(&health).watched, false, None);
         assert_eq!(

@@ -81,6 +81,11 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
                 status.leader, status.member_id
             ))
         }
+        Route::ServiceLeader(service) => {
+            validate_service(service)?;
+            require_elections(context)?;
+            ok(context.hub.leadership(service).json())
+        }
         Route::Services => {
             require_mirror(context)?;
             let names: Vec<String> = context
@@ -239,6 +244,16 @@ pub fn require_mirror(context: &Context) -> Result<()> {
     if !context.hub.wait_for_revision(1, STARTUP_GRACE) {
         return Err(Error::Unavailable(
             "the service namespace has not been read yet".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The elections answer from memory too, once they have been read from etcd.
+fn require_elections(context: &Context) -> Result<()> {
+    if !context.hub.wait_for_election_revision(1, STARTUP_GRACE) {
+        return Err(Error::Unavailable(
+            "the election namespace has not been read yet".into(),
         ));
     }
     Ok(())

@@ -11,6 +11,8 @@ pub enum Route {
     Version,
     EtcdVersion,
     EtcdLeader,
+    /// `GET /etcd/leader/:service`: who leads the service's election.
+    ServiceLeader(String),
     Services,
     ServiceNodes(String),
     Event,
@@ -32,6 +34,7 @@ impl Route {
             Route::Version => "/version",
             Route::EtcdVersion => "/etcd/version",
             Route::EtcdLeader => "/etcd/leader",
+            Route::ServiceLeader(_) => "/etcd/leader/:service",
             Route::Services => "/etcd/services",
             Route::ServiceNodes(_) => "/etcd/services/:service",
             Route::Event => "/etcd/event",
@@ -64,6 +67,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ),
     (
         "GET",
+        "/etcd/leader/:service",
+        "who leads the service's election (campaign=1), and its fencing rev",
+    ),
+    (
+        "GET",
         "/etcd/services",
         "the services with at least one node, sorted",
     ),
@@ -80,7 +88,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     (
         "WS",
         "/etcd/register",
-        "?service=&ip=&port=[&monitor=] register a node while the socket lives; get events",
+        "?service=&ip=&port=[&monitor=][&campaign=1] register a node while the socket lives; \
+         get events",
     ),
     (
         "WS",
@@ -133,14 +142,23 @@ pub fn route(method: &str, path: &str) -> Result<Route> {
         "/v1/sd/prometheus" => (Route::PrometheusSd, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
         "/" => (Route::Dashboard, "GET"),
-        _ => match path.strip_prefix("/etcd/services/") {
-            Some(service) if !service.contains('/') => {
-                let service = percent_decode(service)
-                    .ok_or_else(|| Error::BadRequest("service name is not valid UTF-8".into()))?;
-                (Route::ServiceNodes(service), "GET")
+        _ => {
+            let decode = |service: &str| {
+                percent_decode(service)
+                    .ok_or_else(|| Error::BadRequest("service name is not valid UTF-8".into()))
+            };
+            if let Some(service) = path.strip_prefix("/etcd/services/")
+                && !service.contains('/')
+            {
+                (Route::ServiceNodes(decode(service)?), "GET")
+            } else if let Some(service) = path.strip_prefix("/etcd/leader/")
+                && !service.contains('/')
+            {
+                (Route::ServiceLeader(decode(service)?), "GET")
+            } else {
+                return Err(Error::NotFound(path.to_owned()));
             }
-            _ => return Err(Error::NotFound(path.to_owned())),
-        },
+        }
     };
     if method == allowed || (allowed == "GET" && method == "HEAD") {
         Ok(route)
@@ -164,6 +182,10 @@ mod tests {
         assert_eq!(
             route("GET", "/etcd/services/a%20b").unwrap(),
             Route::ServiceNodes("a b".into())
+        );
+        assert_eq!(
+            route("GET", "/etcd/leader/api").unwrap(),
+            Route::ServiceLeader("api".into())
         );
         assert_eq!(route("POST", "/etcd/event").unwrap(), Route::Event);
         assert_eq!(route("GET", "/etcd/register").unwrap(), Route::Register);
@@ -200,6 +222,6 @@ mod tests {
         for (_, path, _) in ROUTES {
             assert!(listing.contains(path));
         }
-        assert_eq!(listing.lines().count(), 13);
+        assert_eq!(listing.lines().count(), 14);
     }
 }

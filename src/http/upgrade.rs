@@ -23,6 +23,7 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
             .map(|h| h.value.as_str().to_owned())
     };
     let (registration, services, check) = parameters(route, query)?;
+    let campaign = campaign(route, query)?;
     let upgrade = header("Upgrade").unwrap_or_default();
     if !upgrade
         .split(',')
@@ -48,6 +49,7 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
     }
     Ok(SocketPlan {
         registration,
+        campaign,
         services,
         check,
         protocol: Protocol::WebSocket {
@@ -76,6 +78,7 @@ pub fn event_stream_plan(request: &Request, route: &Route, query: &Query) -> Res
     }
     Ok(SocketPlan {
         registration,
+        campaign: false,
         services,
         check,
         protocol: Protocol::EventStream,
@@ -150,6 +153,23 @@ fn description(query: &Query) -> Result<Description> {
     Ok(about)
 }
 
+/// `campaign=1` on the register route: the node campaigns for leadership of its service
+/// (`campaign=0`, or none, does not). Any other value, or the parameter on another route, is
+/// a 400.
+fn campaign(route: &Route, query: &Query) -> Result<bool> {
+    match (route, query.get("campaign")) {
+        (_, None) => Ok(false),
+        (Route::Register, Some("1")) => Ok(true),
+        (Route::Register, Some("0")) => Ok(false),
+        (Route::Register, Some(other)) => Err(Error::BadRequest(format!(
+            "campaign must be 1 or 0, not {other:?}"
+        ))),
+        (_, Some(_)) => Err(Error::BadRequest(
+            "campaign is a parameter of /etcd/register only".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +210,23 @@ mod tests {
         ] {
             let err = params(Route::Register, query).unwrap_err();
             assert_eq!(err.status(), 400, "{query}");
+        }
+    }
+
+    #[test]
+    fn campaign_is_1_or_0_on_register_only() {
+        let query = |text| Query::parse(text).unwrap();
+        assert!(campaign(&Route::Register, &query("campaign=1")).unwrap());
+        assert!(!campaign(&Route::Register, &query("campaign=0")).unwrap());
+        assert!(!campaign(&Route::Register, &query("service=a")).unwrap());
+        for (route, text) in [
+            (Route::Register, "campaign=yes"),
+            (Route::Register, "campaign="),
+            (Route::Register, "campaign=2"),
+            (Route::Monitor, "monitor=a&campaign=1"),
+        ] {
+            let err = campaign(&route, &query(text)).unwrap_err();
+            assert_eq!(err.status(), 400, "{text}");
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -278,22 +279,30 @@ fn max_connections_counts_each_connection_once() {
     let _w = watchdog();
     let etcd = Etcd::start();
     let hound = Hound::start(&etcd, &["--max-connections", "3"]);
-    // A connection that was answered once and stays open, idle: surely counted.
+    // A connection that was answered once and stays open, idle: surely counted. Its status
+    // with it: a connection answered just before counts until hound has dropped it.
     let keep_alive = || {
         let mut stream = TcpStream::connect(hound.addr()).expect("connect");
         let request = format!("GET /version HTTP/1.1\r\nHost: {}\r\n\r\n", hound.addr());
         stream.write_all(request.as_bytes()).expect("write");
         stream.set_read_timeout(Some(PROMPT)).expect("timeout");
         let answer = read_response(&mut stream).expect("an answer");
-        assert_eq!(answer.status, 200, "{answer:?}");
-        stream
+        (answer.status, stream)
     };
-    let mut idle = vec![keep_alive(), keep_alive()];
-    // A connection just answered counts until hound has dropped it: poll past that moment.
-    poll_until(PROMPT, "the third connection to be served", || {
-        hound.get("/etcd/services").status == 200
-    });
-    idle.push(keep_alive());
+    let mut idle = Vec::new();
+    for n in 1..=3 {
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            let (status, stream) = keep_alive();
+            if status == 200 {
+                idle.push(stream);
+                break;
+            }
+            assert_eq!(status, 503, "connection {n}");
+            assert!(Instant::now() < deadline, "connection {n} never served");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
     hound.get("/etcd/services").assert_error(503);
     drop(idle);
     poll_until(PROMPT, "a request once the idle connections closed", || {

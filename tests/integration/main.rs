@@ -8,6 +8,7 @@ mod cli;
 mod describe;
 mod discovery;
 mod dns;
+mod election;
 mod events;
 mod failover;
 mod faults;

@@ -27,8 +27,51 @@ pub struct FaultWindow {
     /// etcd's old leader revokes the leases that expired by its own clock before it steps down
     /// (etcd-io/etcd#15247), whoever kept them alive.
     pub leader_frozen: bool,
+    /// The members it takes away: those a partition or isolation cuts its hound off from, or
+    /// the one member a member fault stops.
+    pub members: Vec<usize>,
     pub start: Instant,
     pub end: Option<Instant>,
+}
+
+/// The times a partition of a hound from some members and a fault of the remaining member(s)
+/// together leave it no member to reach, as excusing windows: then its leases may lapse as
+/// under `isolate` (seed 1301: cut off from m0 and m2 while m1 was killed).
+pub fn combined_isolations(faults: &[FaultWindow], members: usize) -> Vec<FaultWindow> {
+    let partitions = faults
+        .iter()
+        .filter(|f| f.hound.is_some() && !f.excuses && !f.members.is_empty());
+    let mut found = Vec::new();
+    for partition in partitions {
+        let member_faults = faults
+            .iter()
+            .filter(|f| f.hound.is_none() && !f.members.is_empty());
+        for member_fault in member_faults {
+            let reachable = (0..members)
+                .any(|m| !partition.members.contains(&m) && !member_fault.members.contains(&m));
+            if reachable {
+                continue;
+            }
+            let start = partition.start.max(member_fault.start);
+            let end = match (partition.end, member_fault.end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if end.is_some_and(|end| end <= start) {
+                continue;
+            }
+            found.push(FaultWindow {
+                what: format!("{} while {}", partition.what, member_fault.what),
+                hound: partition.hound,
+                excuses: true,
+                leader_frozen: false,
+                members: (0..members).collect(),
+                start,
+                end,
+            });
+        }
+    }
+    found
 }
 
 /// A register socket we closed (or dropped) while it held its node.
@@ -466,22 +509,51 @@ fn excused_until(
         .max_by_key(|end| end.map_or((1, None), |e| (0, Some(e))))
 }
 
-/// How long after a frozen leader resumes its revocations may still land.
-const REVOKE_WINDOW: Duration = Duration::from_secs(2);
+/// How long after a frozen leader resumes its revocations may still land: etcd 3.4 waits for
+/// each revocation it proposes up to its request timeout (5 s + 2 × the 1 s election timeout),
+/// and seeds 3001 and 3002 saw them land 6.0 s after the resume, and 4 ms after a second freeze
+/// of that member ended (its proposal waited through the freeze).
+const REVOKE_WINDOW: Duration = Duration::from_secs(7);
 /// A freeze shorter than this leaves every lease time to spare (keep-alives come every TTL/3).
 const REVOKING_FREEZE: Duration = Duration::from_secs(2);
 
-/// Whether a lease that ended at `at` may have been revoked by a frozen leader resuming: etcd's
-/// doing, which no hound can prevent.
-fn revoked_by_resumed_leader(input: &Input, at: Instant) -> bool {
+/// Whether a lease (put first at `lease_since`) that ended at `at` may have been revoked by a
+/// frozen leader resuming: etcd's doing, which no hound can prevent. Only a lease that existed
+/// when the leader froze can be in its memory; the window runs `REVOKE_WINDOW` of that
+/// member's own running time after it resumes (later freezes of it do not count).
+fn revoked_by_resumed_leader(input: &Input, lease_since: Instant, at: Instant) -> bool {
     input.faults.iter().any(|f| {
-        f.leader_frozen
-            && f.end.is_some_and(|end| {
-                end.duration_since(f.start) >= REVOKING_FREEZE
-                    && at >= end
-                    && at <= end + REVOKE_WINDOW
-            })
+        let Some(end) = f.end else {
+            return false;
+        };
+        if !f.leader_frozen
+            || end.duration_since(f.start) < REVOKING_FREEZE
+            || lease_since >= f.start
+            || at < end
+        {
+            return false;
+        }
+        let frozen_again: Duration = input
+            .faults
+            .iter()
+            .filter(|g| g.what.starts_with("member-stop") && g.members == f.members)
+            .filter(|g| g.start >= end && g.start <= at)
+            .map(|g| g.end.unwrap_or(at).min(at).duration_since(g.start))
+            .sum();
+        at <= end + REVOKE_WINDOW + frozen_again
     })
+}
+
+/// When the lease the key held just before `changes[upto]` was first put on it.
+fn lease_put_at(changes: &[KeyChange], upto: usize) -> Option<Instant> {
+    let before = &changes[..upto];
+    let last = before.iter().rposition(|c| c.present)?;
+    let lease = before[last].lease;
+    let first = before[..=last]
+        .iter()
+        .rposition(|c| !c.present || c.lease != lease)
+        .map_or(0, |i| i + 1);
+    Some(before[first].at)
 }
 
 fn check_closes(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
@@ -527,7 +599,10 @@ fn check_closes(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
             // nothing left to delete, and (d) reports the expiry.
             Some(last) if !last.tombstone && last.at < close.at => {}
             // A resumed leader revoked the lease before hound's delete came through.
-            Some(last) if !last.tombstone && revoked_by_resumed_leader(input, last.at) => {}
+            Some(last)
+                if !last.tombstone
+                    && lease_put_at(changes, changes.len() - 1)
+                        .is_some_and(|since| revoked_by_resumed_leader(input, since, last.at)) => {}
             Some(last) if !last.tombstone => {
                 let mut seen = String::new();
                 for sock in input.socks.iter().filter(|s| s.subscribes(&close.service)) {
@@ -611,31 +686,32 @@ fn check_live(input: &Input, timeline: &Timeline, out: &mut Vec<Violation>) {
             let mut present = true;
             let mut since = open;
             let mut absences = Vec::new();
-            for change in changes {
+            for (i, change) in changes.iter().enumerate() {
                 if change.present && !present {
-                    absences.push((since, change.at, false));
+                    absences.push((since, change.at, None));
                 } else if !change.present && present {
                     since = change.at;
                     if change.at > open && change.at < close && !change.tombstone {
-                        absences.push((change.at, change.at, true));
+                        let lease_since = lease_put_at(changes, i).unwrap_or(change.at);
+                        absences.push((change.at, change.at, Some(lease_since)));
                     }
                 }
                 present = change.present;
             }
             if !present {
-                absences.push((since, close, false));
+                absences.push((since, close, None));
             }
             for (from, to, expiry) in absences {
                 if to <= open || from >= close {
                     continue;
                 }
                 let (from, to) = (from.max(open), to.min(close));
-                if expiry {
+                if let Some(lease_since) = expiry {
                     let window_from = from
                         .checked_sub(input.ttl + Duration::from_secs(2))
                         .unwrap_or(input.start);
                     if excused_until(input, hound, window_from, from + slack).is_none()
-                        && !revoked_by_resumed_leader(input, from)
+                        && !revoked_by_resumed_leader(input, lease_since, from)
                     {
                         out.push(Violation {
                             check: "d",

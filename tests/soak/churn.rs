@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::check::CleanClose;
+use crate::check::{CleanClose, FaultWindow};
 use crate::clients::{self, Role};
 use crate::rng::Rng;
 use crate::support::try_request_within;
@@ -226,6 +226,29 @@ fn register(
     open(shared, h, addr, incarnation, role, Some((key, takeover)));
 }
 
+/// Why a registration asked of hound `h` at `asked` may have been refused: a fault of that hound
+/// (killed, frozen or cut off from some or all members), else a fault of a member, else none.
+/// Counted apart, so a run shows whether a hound with healthy members to reach said 503.
+fn refusal_cause(faults: &[FaultWindow], h: usize, asked: Instant) -> &'static str {
+    let slack = Duration::from_secs(1);
+    let overlapping = |f: &&FaultWindow| f.end.is_none_or(|end| end + slack >= asked);
+    if faults
+        .iter()
+        .filter(overlapping)
+        .any(|f| f.hound == Some(h))
+    {
+        "its hound faulted"
+    } else if faults
+        .iter()
+        .filter(overlapping)
+        .any(|f| f.hound.is_none() && !f.members.is_empty())
+    {
+        "a member faulted"
+    } else {
+        "no fault"
+    }
+}
+
 /// Opens a socket; for a registration, `node` is its key and whether it is a takeover.
 fn open(
     shared: &Arc<Shared>,
@@ -241,9 +264,19 @@ fn open(
         world.id()
     };
     let shared = Arc::clone(shared);
+    let asked = Instant::now();
     clients::open(id, addr, role, h, incarnation, move |result| {
         let mut world = shared.world();
         world.pending -= 1;
+        if let (Some(_), Err(err)) = (&node, &result) {
+            let cause = refusal_cause(&world.faults, h, asked);
+            world.count(&format!("registrations and takeovers refused: {cause}"));
+            if cause != "its hound faulted" {
+                shared.log(&format!(
+                    "hound {h} refused a registration ({cause}): {err}"
+                ));
+            }
+        }
         let what = match (&node, &result) {
             (None, Ok(_)) => "monitors opened",
             (None, Err(_)) => "monitors refused",

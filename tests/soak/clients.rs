@@ -162,6 +162,9 @@ pub fn path(role: &Role) -> String {
             if !monitors.is_empty() {
                 path.push_str(&format!("&monitor={}", monitors.join(",")));
             }
+            if crate::leaders::campaigns(service) {
+                path.push_str("&campaign=1");
+            }
             path
         }
         Role::Monitor { services, star } => {
@@ -319,6 +322,7 @@ fn record(sock: &Sock, text: &str) {
         return;
     };
     if event == "LEADER" {
+        crate::leaders::record(sock.id, sock.hound, &value);
         return;
     }
     let members = body["services"]

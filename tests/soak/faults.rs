@@ -112,7 +112,7 @@ fn duration(rng: &mut Rng) -> Duration {
 }
 
 fn open_window(shared: &Shared, what: String, hound: Option<usize>, excuses: bool) -> usize {
-    open_window_with(shared, what, hound, excuses, false)
+    open_window_with(shared, what, hound, excuses, false, Vec::new())
 }
 
 fn open_window_with(
@@ -121,6 +121,7 @@ fn open_window_with(
     hound: Option<usize>,
     excuses: bool,
     leader_frozen: bool,
+    members: Vec<usize>,
 ) -> usize {
     shared.log(&format!("fault: {what}"));
     let mut world = shared.world();
@@ -130,6 +131,7 @@ fn open_window_with(
         hound,
         excuses,
         leader_frozen,
+        members,
         start: Instant::now(),
         end: None,
     });
@@ -278,6 +280,9 @@ pub fn hounds(shared: &Arc<Shared>, topology: Option<&Topology>, kinds: &[Fault]
                     world.slots[h].up = false;
                     world.slots[h].hound.take()
                 };
+                if let Some(hound) = &hound {
+                    shared.keep_log(h, hound);
+                }
                 drop(hound); // SIGKILL, and reaped.
                 shared.sleep_until(Instant::now() + lasts);
                 match shared.bring_up(h, topology) {
@@ -307,7 +312,7 @@ pub fn hounds(shared: &Arc<Shared>, topology: Option<&Topology>, kinds: &[Fault]
             }
             Fault::Partition | Fault::Isolate => {
                 let topology = topology.expect("partition faults need namespaces");
-                let window = open_window(shared, what, Some(h), excuses);
+                let window = open_window_with(shared, what, Some(h), excuses, false, cut.clone());
                 for &m in &cut {
                     topology.set_link(h, m, false);
                 }
@@ -398,7 +403,7 @@ pub fn members(
                     lasts.as_secs_f64()
                 );
                 let leader_frozen = leader && kind == Fault::MemberStop;
-                let window = open_window_with(shared, what, None, false, leader_frozen);
+                let window = open_window_with(shared, what, None, false, leader_frozen, vec![m]);
                 if kind == Fault::MemberKill {
                     cluster.lock().unwrap().member_mut(m).kill();
                 } else {
@@ -414,7 +419,14 @@ pub fn members(
                 measure_cluster(shared, &ports, kind.name(), Instant::now());
             }
             Fault::MemberRestart => {
-                let window = open_window(shared, format!("member-restart of m{m}"), None, false);
+                let window = open_window_with(
+                    shared,
+                    format!("member-restart of m{m}"),
+                    None,
+                    false,
+                    false,
+                    vec![m],
+                );
                 restart_member(shared, cluster, m);
                 close_window(shared, window);
                 measure_cluster(shared, &ports, "member-restart", Instant::now());

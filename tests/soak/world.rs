@@ -151,6 +151,25 @@ impl Shared {
         println!("soak: {} {line}", self.t());
     }
 
+    /// With `SOAK_LOG_DIR` set, keeps what hound `h` wrote to stderr in
+    /// `<dir>/hound<h>.<incarnation>.log`, for replaying a seed's violation against hound's own
+    /// account of it (its log lines carry wall-clock times; the soak prints its start's).
+    pub fn keep_log(&self, h: usize, hound: &Hound) {
+        let Some(dir) = std::env::var_os("SOAK_LOG_DIR") else {
+            return;
+        };
+        let incarnation = self.world().slots[h].incarnation;
+        let path = std::path::Path::new(&dir).join(format!("hound{h}.{incarnation}.log"));
+        if let Err(err) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, hound.stderr()))
+        {
+            self.log(&format!(
+                "could not keep hound {h}'s log in {}: {err}",
+                path.display()
+            ));
+        }
+    }
+
     pub fn violation(&self, check: &'static str, subject: String, detail: String) {
         self.log(&format!("VIOLATION ({check}) {subject}: {detail}"));
         self.world().violations.push(Violation {
@@ -183,6 +202,9 @@ impl Shared {
                 &TTL.as_secs().to_string(),
             ])
             .without_waiting_healthy();
+        if let Ok(level) = std::env::var("SOAK_HOUND_LOG") {
+            builder = builder.args(["--log-level".to_owned(), level]);
+        }
         if let Some(topology) = topology {
             builder = builder
                 .run_under(topology.wrapper(h))
