@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Resource, getrlimit, setrlimit};
 
+use crate::check::Checker;
 use crate::config::Config;
 use crate::context::Context;
 use crate::dns::DnsServer;
@@ -36,6 +37,9 @@ pub struct App {
     workers: Vec<JoinHandle<()>>,
     local_addr: std::net::SocketAddr,
     dns: Option<DnsServer>,
+    /// `--drain-grace`: how long nodes stay registered as `draining` before the shutdown
+    /// deregisters them.
+    drain_grace: Duration,
 }
 
 impl App {
@@ -80,9 +84,11 @@ impl App {
         } else {
             Store::Etcd(Etcd::start(settings, hub.clone())?)
         };
+        let checker = Checker::new(store.clone());
         let context = Arc::new(Context {
             hub,
             store,
+            checker,
             listener,
             ping_interval: config.ping_interval,
             access: config.access.clone(),
@@ -116,6 +122,7 @@ impl App {
             workers,
             local_addr,
             dns,
+            drain_grace: config.drain_grace,
         })
     }
 
@@ -123,9 +130,19 @@ impl App {
         self.local_addr
     }
 
-    /// Stops accepting, deregisters every node (others see DELETE), closes every socket with
-    /// 1001, and returns within about 4 s even if etcd does not answer.
+    /// With a drain grace, first marks every node `draining` (others see a PUT) and waits the
+    /// grace out, still serving: in-flight work finishes while clients move away. Then stops
+    /// accepting, deregisters every node (others see DELETE), closes every socket with 1001,
+    /// and returns within about 4 s more even if etcd does not answer.
     pub fn shutdown(self) {
+        if !self.drain_grace.is_zero() {
+            log::info!(
+                "draining: every node reads draining for {} s before it is deregistered",
+                self.drain_grace.as_secs()
+            );
+            self.context.store.drain_all();
+            std::thread::sleep(self.drain_grace);
+        }
         let started = Instant::now();
         log::info!("shutting down");
         self.context.listener.stop();

@@ -57,13 +57,16 @@ Options:
       --dns-port PORT          answer DNS on this port, UDP and TCP, at --bind
                                (0 = any free)                    [env HOUND_DNS_PORT, default off]
       --dns-domain DOMAIN      the domain DNS answers for        [env HOUND_DNS_DOMAIN, default hound.]
+      --drain-grace SECONDS    on SIGTERM, mark every node draining and wait
+                               this long before deregistering   [env HOUND_DRAIN_GRACE, default 0]
       --log-level LEVEL        error, warn, info, debug, trace   [env HOUND_LOG, default info]
       --log-format FORMAT      text, or json (one object a line) [env HOUND_LOG_FORMAT, default text]
   -r, --routes                 print the routes and exit
   -v, --version                print the version and exit
   -h, --help                   print this help and exit
 
-A flag wins over its environment variable. SIGTERM or SIGINT deregisters every node and exits.
+A flag wins over its environment variable. SIGTERM or SIGINT deregisters every node (after
+the drain grace) and exits.
 ";
 
 /// What the invocation asks for.
@@ -98,6 +101,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The DNS server, if `--dns-port` is given.
     pub dns: Option<DnsSettings>,
+    /// How long nodes stay registered as `draining` on SIGTERM before they are deregistered.
+    pub drain_grace: Duration,
 }
 
 /// Where and for which domain hound answers DNS.
@@ -161,6 +166,7 @@ struct RawArgs {
     log_format: Option<String>,
     dns_port: Option<String>,
     dns_domain: Option<String>,
+    drain_grace: Option<String>,
 }
 
 /// The event budget's flags as given.
@@ -225,6 +231,7 @@ pub fn parse(args: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> Resul
         log_format: flag(&mut args, "--log-format")?,
         dns_port: flag(&mut args, "--dns-port")?,
         dns_domain: flag(&mut args, "--dns-domain")?,
+        drain_grace: flag(&mut args, "--drain-grace")?,
     };
     let rest = args.finish();
     if let Some(first) = rest.first() {
@@ -300,6 +307,7 @@ impl Config {
         let log_level = log_level(&from.pick(raw.log_level, "HOUND_LOG", "info"))?;
         let log_format = log_format(&from.pick(raw.log_format, "HOUND_LOG_FORMAT", "text"))?;
         let dns = dns(&from, raw.dns_port, raw.dns_domain)?;
+        let drain_grace = drain_grace(&from.pick(raw.drain_grace, "HOUND_DRAIN_GRACE", "0"))?;
         Ok(Config {
             listen,
             embedded,
@@ -317,7 +325,18 @@ impl Config {
             log_level,
             log_format,
             dns,
+            drain_grace,
         })
+    }
+}
+
+/// `--drain-grace`: 0 (no drain: deregister at once, as in 1.0) to 3600 seconds.
+fn drain_grace(text: &str) -> Result<Duration> {
+    match text.parse::<u64>() {
+        Ok(seconds) if seconds <= 3_600 => Ok(Duration::from_secs(seconds)),
+        _ => Err(Error::Config(format!(
+            "--drain-grace {text:?} is not a number of seconds from 0 to 3600"
+        ))),
     }
 }
 
@@ -727,6 +746,11 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(config.etcd_endpoints, ["http://127.0.0.1:2379"]);
         assert_eq!(config.ttl, 15);
+        assert_eq!(config.drain_grace, Duration::ZERO);
+        let drained = run(&["--drain-grace", "2"], &[("HOUND_DRAIN_GRACE", "9")]).unwrap();
+        assert_eq!(drained.drain_grace, Duration::from_secs(2), "the flag wins");
+        let from_env = run(&[], &[("HOUND_DRAIN_GRACE", "9")]).unwrap();
+        assert_eq!(from_env.drain_grace, Duration::from_secs(9));
         assert_eq!(
             (config.namespace.as_str(), config.event_namespace.as_str()),
             ("service", "event")
@@ -822,6 +846,9 @@ mod tests {
             &["--embedded", "--etcd", "http://a:1"],
             &["--port"],
             &["--dns-port", "x"],
+            &["--drain-grace", "-1"],
+            &["--drain-grace", "3601"],
+            &["--drain-grace", "x"],
             &["--dns-port", "70000"],
             &["--dns-port", "53", "--dns-domain", "a b"],
         ] {

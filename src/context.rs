@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::check::Checker;
 use crate::http::access::Access;
 use crate::http::budget::EventBudget;
 use crate::http::listener::Listener;
@@ -13,6 +14,8 @@ use crate::store::Store;
 pub struct Context {
     pub hub: Arc<Hub>,
     pub store: Store,
+    /// Runs the checks registrations ask for (`check=http|tcp`).
+    pub checker: Checker,
     /// The HTTP front door: tiny_http, its limits, the connection count, the hand-over.
     pub listener: Listener,
     pub ping_interval: Duration,

@@ -22,6 +22,7 @@ use crate::message::KeyEvent;
 use crate::metrics;
 use crate::names::Node;
 use crate::owners::{self, Owners};
+use crate::status::{Registered, StatusChange};
 
 /// The member id `/etcd/leader` reports for both fields.
 pub const MEMBER_ID: u64 = 1;
@@ -32,7 +33,8 @@ const KEEPER_TICK: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 struct Lease {
     service: String,
-    node: Node,
+    /// The node as registered, with its status.
+    node: Registered,
     /// When the lease was last refreshed.
     refreshed: Instant,
     /// The registration's campaign, if it campaigns: its key (the lease id in hex) and
@@ -47,6 +49,8 @@ struct State {
     last_lease: i64,
     /// By key `<namespace>/<service>/<node>`.
     registrations: Owners<Lease>,
+    /// Whether hound is draining (shutting down with a grace): new registrations are too.
+    draining: bool,
 }
 
 /// The in-memory store. Clones share it.
@@ -67,6 +71,7 @@ impl Embedded {
                 revision: 1,
                 last_lease: 0,
                 registrations: Owners::default(),
+                draining: false,
             })),
             hub: hub.clone(),
             ttl: Duration::from_secs(ttl_seconds.max(1) as u64),
@@ -113,6 +118,11 @@ impl Embedded {
         let mut state = self.lock();
         state.revision += 1;
         let revision = state.revision;
+        let mut registered = Registered::new(node.clone());
+        if state.draining {
+            registered.change(&StatusChange::Drain);
+        }
+        let written = registered.node().clone();
         // A campaigning takeover of a campaigning registration keeps its campaign.
         let kept = state
             .registrations
@@ -129,7 +139,7 @@ impl Embedded {
         };
         let lease = Lease {
             service: service.to_owned(),
-            node: node.clone(),
+            node: registered,
             refreshed: Instant::now(),
             campaign: campaign.clone(),
         };
@@ -142,17 +152,14 @@ impl Embedded {
         // /metrics must find the count that goes with it.
         Self::count_registrations(&state);
         // Applied under the store lock so the hub sees writes in revision order.
-        self.hub.apply(
-            service,
-            &node.to_string(),
-            Change::Put(node.clone()),
-            revision,
-        );
+        self.hub
+            .apply(service, &node.to_string(), Change::Put(written), revision);
         if let Some((old, _)) = withdrawn {
             self.hub.apply_campaign(service, &old, None, revision);
         }
         match campaign {
             Some((lease, create_revision)) => {
+                // The campaign's value is `ip:port`, as in etcd's election protocol.
                 let campaign = Campaign {
                     create_revision,
                     value: node.to_string(),
@@ -195,6 +202,43 @@ impl Embedded {
         }
     }
 
+    /// Applies a status change to the registration `owner` holds; a PUT only if the node now
+    /// reads differently.
+    pub fn report(&self, service: &str, node: &Node, owner: SocketId, change: &StatusChange) {
+        let key = self.keys.registration(service, node);
+        let mut state = self.lock();
+        let Some(lease) = state.registrations.held_by_mut(&key, owner) else {
+            return; // Taken over, or gone.
+        };
+        let Some(changed) = lease.node.change(change).cloned() else {
+            return;
+        };
+        metrics::STATUS_WRITES.add(1);
+        state.revision += 1;
+        let revision = state.revision;
+        self.hub
+            .apply(service, &node.to_string(), Change::Put(changed), revision);
+    }
+
+    /// Marks every registration `draining`, and every later one.
+    pub fn drain_all(&self) {
+        let mut state = self.lock();
+        state.draining = true;
+        let mut changed = Vec::new();
+        for lease in state.registrations.leases_mut() {
+            if let Some(node) = lease.node.change(&StatusChange::Drain) {
+                changed.push((lease.service.clone(), node.clone()));
+            }
+        }
+        for (service, node) in changed {
+            metrics::STATUS_WRITES.add(1);
+            state.revision += 1;
+            let revision = state.revision;
+            self.hub
+                .apply(&service, &node.to_string(), Change::Put(node), revision);
+        }
+    }
+
     pub fn deregister_all(&self) {
         let mut state = self.lock();
         let held: Vec<Lease> = state
@@ -207,7 +251,7 @@ impl Embedded {
             state.revision += 1;
             self.hub.apply(
                 &lease.service,
-                &lease.node.to_string(),
+                &lease.node.node().to_string(),
                 Change::Removed(KeyEvent::Delete),
                 state.revision,
             );
@@ -244,7 +288,7 @@ impl Embedded {
                 if age <= self.ttl {
                     continue;
                 }
-                let (service, node) = (lease.service.clone(), lease.node.clone());
+                let (service, node) = (lease.service.clone(), lease.node.node().clone());
                 let full_key = self.keys.registration(&service, &node);
                 log::warn!("lease of {full_key} is gone; registering it again");
                 metrics::LEASE_REGRANTS.add(1);

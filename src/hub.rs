@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::describe::Status;
 use crate::dns::zone::Zone;
 use crate::election::{Campaign, Elections, Leadership};
 use crate::error::{Error, Result};
@@ -163,6 +164,23 @@ impl Hub {
                 (service, nodes)
             })
             .collect()
+    }
+
+    /// The nodes of every service by status, for `/metrics`.
+    pub fn node_gauges(&self) -> metrics::NodeGauges {
+        let state = self.lock();
+        let mut gauges = metrics::NodeGauges::default();
+        for service in state.mirror.service_names() {
+            for node in state.mirror.nodes(&service) {
+                *match node.health() {
+                    Status::Passing => &mut gauges.passing,
+                    Status::Warning => &mut gauges.warning,
+                    Status::Critical => &mut gauges.critical,
+                    Status::Draining => &mut gauges.draining,
+                } += 1;
+            }
+        }
+        gauges
     }
 
     /// Keeps `zone` in step with the mirror from now on, starting with what it holds now.

@@ -8,8 +8,10 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod app;
+mod check;
 pub mod config;
 mod context;
+mod describe;
 mod dns;
 mod election;
 mod embedded;
@@ -28,7 +30,9 @@ mod reply;
 mod session;
 mod socket;
 mod stack;
+mod status;
 mod store;
+mod value;
 
 #[cfg(test)]
 mod parser_properties;

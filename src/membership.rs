@@ -16,7 +16,9 @@ impl Membership {
     fn of(nodes: &BTreeMap<String, Node>) -> Membership {
         let mut sorted: Vec<&Node> = nodes.values().collect();
         sorted.sort();
-        sorted.dedup();
+        // Two keys holding one address list it once; if they describe it differently, the
+        // first in description order stands, so every hound lists the same one.
+        sorted.dedup_by(|a, b| a.same_address(b));
         Membership {
             json: nodes_json(&sorted).into(),
         }
@@ -112,7 +114,7 @@ impl Mirror {
             .map(|s| s.nodes.values().cloned().collect())
             .unwrap_or_default();
         nodes.sort();
-        nodes.dedup();
+        nodes.dedup_by(|a, b| a.same_address(b));
         nodes
     }
 
@@ -198,6 +200,25 @@ mod tests {
             r#"[{"ip":"10.0.0.1","port":80}]"#
         );
         assert_eq!(mirror.remove("api", "b").unwrap().json(), "[]");
+    }
+
+    #[test]
+    fn a_changed_description_is_a_change() {
+        let mut mirror = Mirror::default();
+        mirror.put("api", "k", node("10.0.0.1:80"));
+        let mut tagged = node("10.0.0.1:80");
+        tagged.about.tags = vec!["v2".into()];
+        let m = mirror.put("api", "k", tagged.clone()).unwrap();
+        assert_eq!(m.json(), r#"[{"ip":"10.0.0.1","port":80,"tags":["v2"]}]"#);
+        assert!(mirror.put("api", "k", tagged.clone()).is_none());
+        // Another key with the same address but another description is still listed once.
+        assert!(mirror.put("api", "other", node("10.0.0.1:80")).is_some());
+        assert_eq!(mirror.nodes("api").len(), 1);
+        assert_eq!(
+            mirror.membership("api").json(),
+            r#"[{"ip":"10.0.0.1","port":80}]"#,
+            "the first in description order stands"
+        );
     }
 
     #[test]

@@ -131,7 +131,9 @@ impl AsRef<[u8]> for Frame {
 /// The namespace of a broadcast custom event.
 pub const BROADCAST_NAMESPACE: &str = "*";
 
-/// `[{"ip":"10.0.0.1","port":80},…]` for nodes already sorted by (ip, port).
+/// `[{"ip":"10.0.0.1","port":80},…]` for nodes already sorted by (ip, port), each with what
+/// it sets of `tags`, `weight`, `meta`, `status` and `note` after its port (a 1.0 node sets
+/// none, so 1.0 clients see exactly what they saw before).
 pub fn nodes_json(nodes: &[&Node]) -> String {
     let mut json = String::with_capacity(2 + nodes.len() * 32);
     json.push('[');
@@ -143,6 +145,7 @@ pub fn nodes_json(nodes: &[&Node]) -> String {
         json.push_str(&json_string(node.host.as_str()));
         json.push_str(",\"port\":");
         json.push_str(&node.port.to_string());
+        node.about.write_json_fields(&mut json);
         json.push('}');
     }
     json.push(']');
@@ -209,6 +212,27 @@ mod tests {
             parse(&frame),
             json!({"namespace":"engine","body":{"key_event":"PUT","services":[
                 {"ip":"10.0.0.1","port":80},{"ip":"::1","port":8080}]}})
+        );
+    }
+
+    #[test]
+    fn a_node_carries_only_what_it_sets() {
+        let mut node = Node::parse_value("10.0.0.7:8080").unwrap();
+        node.about.tags = vec!["v2".into()];
+        node.about.meta = vec![("zone".into(), "eu \"1\"".into())];
+        let frame = service_event("api", KeyEvent::Put, &nodes_json(&[&node]));
+        assert_eq!(
+            parse(&frame)["body"]["services"],
+            json!([{"ip":"10.0.0.7","port":8080,"tags":["v2"],"meta":{"zone":"eu \"1\""}}])
+        );
+        node.about.weight = 3;
+        node.about.status = Some(crate::describe::Status::Critical);
+        node.about.note = Some("HTTP 500".into());
+        let frame = service_event("api", KeyEvent::Put, &nodes_json(&[&node]));
+        assert_eq!(
+            parse(&frame)["body"]["services"][0],
+            json!({"ip":"10.0.0.7","port":8080,"tags":["v2"],"weight":3,
+                "meta":{"zone":"eu \"1\""},"status":"critical","note":"HTTP 500"})
         );
     }
 

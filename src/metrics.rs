@@ -8,6 +8,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::describe::Status;
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -38,8 +40,35 @@ pub static WATCH_RESYNCS: Counter = Counter::new();
 pub static LEASE_REGRANTS: Counter = Counter::new();
 /// Events refused with 429 because the event budget was spent.
 pub static EVENTS_REFUSED: Counter = Counter::new();
+/// Writes of a node's value because its status changed (a change that shows nothing new writes
+/// nothing and is not counted).
+pub static STATUS_WRITES: Counter = Counter::new();
 /// Registrations this hound keeps alive (a gauge kept by the etcd thread).
 pub static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Check runs by what they found: passing, warning, critical.
+static CHECK_RUNS: [Counter; 3] = [Counter::new(), Counter::new(), Counter::new()];
+
+/// Counts one check run.
+pub fn count_check(found: Status) {
+    let slot = match found {
+        Status::Passing => 0,
+        Status::Warning => 1,
+        // A check never finds draining; counted as not passing all the same.
+        Status::Critical | Status::Draining => 2,
+    };
+    CHECK_RUNS[slot].add(1);
+}
+
+/// Nodes in hound's mirror by status, as the hub counts them at scrape time (a node of two
+/// services counts in each).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeGauges {
+    pub passing: u64,
+    pub warning: u64,
+    pub critical: u64,
+    pub draining: u64,
+}
 
 /// HTTP answers by (route, status).
 static REQUESTS: Mutex<BTreeMap<(&'static str, u16), u64>> = Mutex::new(BTreeMap::new());
@@ -60,7 +89,7 @@ pub struct SocketGauges {
 }
 
 /// The whole exposition.
-pub fn render(sockets: SocketGauges) -> String {
+pub fn render(sockets: SocketGauges, nodes: NodeGauges) -> String {
     let mut out = String::with_capacity(2048);
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -121,6 +150,33 @@ pub fn render(sockets: SocketGauges) -> String {
         "Events refused with 429 because a client or all clients spent the event budget.",
         &plain(EVENTS_REFUSED.get()),
     );
+    family(
+        "hound_nodes",
+        "gauge",
+        "Nodes of every service, as hound's mirror of etcd holds them, by status.",
+        &[
+            ("{status=\"passing\"}".into(), nodes.passing),
+            ("{status=\"warning\"}".into(), nodes.warning),
+            ("{status=\"critical\"}".into(), nodes.critical),
+            ("{status=\"draining\"}".into(), nodes.draining),
+        ],
+    );
+    family(
+        "hound_check_runs_total",
+        "counter",
+        "Checks this hound ran, by what they found.",
+        &[
+            ("{result=\"passing\"}".into(), CHECK_RUNS[0].get()),
+            ("{result=\"warning\"}".into(), CHECK_RUNS[1].get()),
+            ("{result=\"critical\"}".into(), CHECK_RUNS[2].get()),
+        ],
+    );
+    family(
+        "hound_status_writes_total",
+        "counter",
+        "Writes of a registered node's value because its status or note changed.",
+        &plain(STATUS_WRITES.get()),
+    );
     let requests: Vec<(String, u64)> = REQUESTS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -145,11 +201,20 @@ mod tests {
     #[test]
     fn every_sample_line_is_name_labels_value() {
         count_request("/healthz", 200);
-        let text = render(SocketGauges {
-            register: 2,
-            monitor: 1,
-            watch: 3,
-        });
+        count_check(Status::Warning);
+        let text = render(
+            SocketGauges {
+                register: 2,
+                monitor: 1,
+                watch: 3,
+            },
+            NodeGauges {
+                critical: 4,
+                ..NodeGauges::default()
+            },
+        );
+        assert!(text.contains("hound_nodes{status=\"critical\"} 4\n"));
+        assert!(text.contains("hound_check_runs_total{result=\"warning\"} "));
         assert!(text.contains("hound_sockets{kind=\"register\"} 2\n"));
         assert!(text.contains("hound_sockets{kind=\"monitor\"} 1\n"));
         assert!(text.contains("hound_sockets{kind=\"watch\"} 3\n"));
@@ -160,6 +225,6 @@ mod tests {
             value.parse::<u64>().unwrap();
         }
         let families = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(families, 9);
+        assert_eq!(families, 12);
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::describe::{Description, Status};
 use crate::error::{Error, Result};
 
 /// The longest service name accepted.
@@ -162,15 +163,33 @@ fn is_host_name(text: &str) -> bool {
     labels_ok && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
-/// One member of a service: where it can be reached. Ordered by (ip, port) as the contract sorts.
+/// One member of a service: where it can be reached, and what it says about itself. Ordered by
+/// (ip, port) as the contract sorts (then by description, so the order is total).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Node {
     pub host: Host,
     pub port: u16,
+    /// Tags, weight, meta and status; the default for a 1.0 node.
+    pub about: Description,
 }
 
 impl Node {
-    /// Parses a registration value `host:port`, split at the last `:`, brackets stripped.
+    /// A node at `host:port` that says nothing about itself.
+    pub fn at(host: Host, port: u16) -> Node {
+        Node {
+            host,
+            port,
+            about: Description::default(),
+        }
+    }
+
+    /// Whether `other` is at the same address (whatever either says about itself).
+    pub fn same_address(&self, other: &Node) -> bool {
+        self.host == other.host && self.port == other.port
+    }
+
+    /// Parses an address `host:port`, split at the last `:`, brackets stripped: the 1.0
+    /// registration value, and the `Addr` of a 2.0 one (`value.rs` reads both).
     /// Returns `None` for anything else: such keys are skipped, never fatal.
     pub fn parse_value(value: &str) -> Option<Node> {
         let (host, port) = value.rsplit_once(':')?;
@@ -185,36 +204,41 @@ impl Node {
             None if host.contains(':') => return None,
             None => Host::parse(host).ok()?,
         };
-        Some(Node { host, port })
+        Some(Node::at(host, port))
     }
 }
 
 impl Node {
     /// Whether discovery answers (DNS, Prometheus service discovery) include this node: the one
-    /// place health filters them. Nodes carry no status yet (tags and health are issue 13), so
-    /// every node counts as healthy ("passing").
+    /// place health filters them. Healthy is passing or warning; a node without a status is
+    /// passing.
     pub fn is_healthy(&self) -> bool {
-        true
+        self.about.effective_status().is_healthy()
     }
 
     /// The node's status as discovery reports it; see [`Node::is_healthy`].
     pub fn status(&self) -> &'static str {
-        "passing"
+        self.about.effective_status().as_str()
     }
 
-    /// The node's tags; none until nodes can carry them.
+    /// The node's status as a value.
+    pub fn health(&self) -> Status {
+        self.about.effective_status()
+    }
+
+    /// The node's tags, in the order it gave them.
     pub fn tags(&self) -> &[String] {
-        &[]
+        &self.about.tags
     }
 
-    /// The node's `meta.KEY=VALUE` pairs; none until nodes can carry them.
+    /// The node's `meta.KEY=VALUE` pairs, sorted by key.
     pub fn meta(&self) -> &[(String, String)] {
-        &[]
+        &self.about.meta
     }
 
-    /// The node's SRV weight; 1 (the contract's default) until nodes can carry one.
+    /// The node's SRV weight; 1 (the contract's default) unless it set one.
     pub fn weight(&self) -> u16 {
-        1
+        self.about.weight
     }
 
     /// The node's host as an IP address, if it is an IP literal rather than a host name.

@@ -69,9 +69,24 @@ impl<L> Owners<L> {
         self.held.remove(key).map(|held| held.lease)
     }
 
+    /// The lease of `key` if `owner` holds it (a socket taken over holds nothing).
+    pub fn held_by_mut(&mut self, key: &str, owner: SocketId) -> Option<&mut L> {
+        self.held
+            .get_mut(key)
+            .filter(|held| held.owner == owner)
+            .map(|held| &mut held.lease)
+    }
+
     /// Forgets every registration, handing back each key and lease.
     pub fn drain(&mut self) -> impl Iterator<Item = (String, L)> + '_ {
         self.held.drain().map(|(key, held)| (key, held.lease))
+    }
+
+    /// Every registration held, with its key.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut L)> + '_ {
+        self.held
+            .iter_mut()
+            .map(|(key, held)| (key.as_str(), &mut held.lease))
     }
 
     /// The leases of every registration held.

@@ -3,7 +3,10 @@
 //! body. Each must never panic, and what it accepts must satisfy the contract's rules.
 //! `PROPTEST_CASES` raises the case count for a longer fuzzing run.
 
-use crate::http::query::{Query, percent_decode};
+use crate::describe::{
+    MAX_META_KEY, MAX_META_VALUE, MAX_TAG, MAX_TAGS, Status, parse_meta, parse_tags, parse_weight,
+};
+use crate::http::query::{Query, REPEATABLE, percent_decode};
 use crate::http::rest::parse_event;
 use crate::http::route::{Route, route};
 use crate::http::upgrade::parameters;
@@ -68,7 +71,7 @@ fn reference_query(query: &str) -> Option<Vec<(String, String)>> {
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = part.split_once('=').unwrap_or((part, ""));
         let (name, value) = (reference_decode(name)?, reference_decode(value)?);
-        if pairs.iter().any(|(known, _)| *known == name) {
+        if !REPEATABLE.contains(&name.as_str()) && pairs.iter().any(|(known, _)| *known == name) {
             return None;
         }
         pairs.push((name, value));
@@ -109,8 +112,14 @@ proptest! {
     fn query_parsing_matches_the_reference(query in url_text()) {
         match (Query::parse(&query), reference_query(&query)) {
             (Ok(parsed), Some(pairs)) => {
-                for (name, value) in &pairs {
-                    prop_assert_eq!(parsed.get(name), Some(value.as_str()), "{:?}", query);
+                for (name, _) in &pairs {
+                    let expected: Vec<&str> = pairs
+                        .iter()
+                        .filter(|(known, _)| known == name)
+                        .map(|(_, value)| value.as_str())
+                        .collect();
+                    let got: Vec<&str> = parsed.get_all(name).collect();
+                    prop_assert_eq!(got, expected, "{:?}", query);
                 }
             }
             (Err(err), None) => prop_assert_eq!(err.status(), 400),
@@ -205,7 +214,7 @@ proptest! {
     #[test]
     fn any_ip_address_is_a_host(ip in any::<std::net::IpAddr>(), port in 1u16..) {
         let host = Host::parse(&ip.to_string()).unwrap();
-        let node = Node { host, port };
+        let node = Node::at(host, port);
         prop_assert_eq!(Node::parse_value(&node.to_string()), Some(node));
     }
 
@@ -253,4 +262,175 @@ proptest! {
             let _ = parameters(&Route::Monitor, &query);
         }
     }
+
+    #[test]
+    fn accepted_tags_follow_the_rules(list in tricky()) {
+        if let Ok(tags) = parse_tags(&list) {
+            prop_assert!(tags.len() <= MAX_TAGS);
+            for (i, tag) in tags.iter().enumerate() {
+                prop_assert!((1..=MAX_TAG).contains(&tag.len()));
+                prop_assert!(tag.bytes().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b)));
+                prop_assert!(!tags[..i].contains(tag), "each tag once");
+            }
+        }
+    }
+
+    #[test]
+    fn valid_tag_lists_are_accepted(tags in prop::collection::vec("[A-Za-z0-9.:_-]{1,64}", 0..=32)) {
+        let parsed = parse_tags(&tags.join(",")).unwrap();
+        let mut expected: Vec<&String> = Vec::new();
+        for tag in &tags {
+            if !expected.contains(&tag) {
+                expected.push(tag);
+            }
+        }
+        prop_assert_eq!(parsed.iter().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn weights_are_1_to_65535(text in "[-+0-9a-z .]{0,7}") {
+        if let Ok(weight) = parse_weight(&text) {
+            prop_assert!(weight >= 1);
+            prop_assert!(text.bytes().all(|b| b.is_ascii_digit()));
+            prop_assert_eq!(weight.to_string(), text.trim_start_matches('0'));
+        }
+    }
+
+    #[test]
+    fn accepted_meta_follows_the_rules(
+        pairs in prop::collection::vec((tricky(), tricky()), 0..6),
+        long in ".{0,600}",
+    ) {
+        let mut named: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(key, value)| (format!("meta.{key}"), value))
+            .collect();
+        named.push(("meta.long".into(), long));
+        if let Ok(meta) = parse_meta(named.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
+            for (key, value) in &meta {
+                prop_assert!((1..=MAX_META_KEY).contains(&key.len()));
+                prop_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+                prop_assert!(value.len() <= MAX_META_VALUE);
+            }
+            prop_assert!(meta.windows(2).all(|w| w[0].0 < w[1].0), "sorted, each key once");
+        }
+    }
+
+    #[test]
+    fn register_queries_with_descriptions_never_panic(
+        tags in tricky(), weight in tricky(), key in tricky(), value in tricky(),
+    ) {
+        let text = format!(
+            "service=api&ip=10.0.0.1&port=80&tags={}&weight={}&meta.{}={}",
+            form(&tags), form(&weight), form(&key), form(&value)
+        );
+        if let Ok(query) = Query::parse(&text)
+            && let Ok((Some((_, node)), _, _)) = parameters(&Route::Register, &query)
+        {
+            prop_assert_eq!(node.about.status, None);
+            prop_assert_eq!(crate::value::decode(&crate::value::encode(&node)), Some(node));
+        }
+    }
+
+    #[test]
+    fn etcd_values_never_panic_and_round_trip(value in tricky(), json in json_value()) {
+        for text in [value, json] {
+            if let Some(node) = crate::value::decode(&text) {
+                prop_assert_eq!(crate::value::decode(&crate::value::encode(&node)), Some(node));
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_parse_only_their_names(text in "[a-z]{0,9}") {
+        if let Ok(status) = Status::parse(&text) {
+            prop_assert_eq!(status.as_str(), text);
+        }
+    }
+
+    #[test]
+    fn status_frames_never_panic_and_follow_the_rules(
+        text in tricky(),
+        status in prop::sample::select(vec!["passing", "warning", "critical", "draining", "ok", ""]),
+        note in ".{0,300}",
+    ) {
+        let frame = serde_json::json!({"status": status, "note": note}).to_string();
+        for text in [text, frame] {
+            if let Some(change) = crate::status::parse_report(&text) {
+                let crate::status::StatusChange::Reported(status, note) = change else {
+                    panic!("a frame is a report");
+                };
+                prop_assert!(Status::parse(status.as_str()).is_ok());
+                prop_assert!(note.is_none_or(|n| !n.is_empty() && n.len() <= 256));
+            }
+        }
+    }
+
+    #[test]
+    fn check_parameters_follow_the_rules(
+        interval in "[-+0-9a-z .]{0,6}",
+        timeout in "[-+0-9a-z .]{0,7}",
+        path in tricky(),
+    ) {
+        if let Ok(every) = crate::check::parse_interval(&interval) {
+            prop_assert!((1..=3600).contains(&every.as_secs()));
+            prop_assert!(every.subsec_nanos() == 0);
+            if let Ok(within) = crate::check::parse_timeout(&timeout, every) {
+                prop_assert!(!within.is_zero() && within < every);
+            }
+        }
+        if let Ok(path) = crate::check::parse_path(&path) {
+            prop_assert!(path.starts_with('/') && path.len() <= 1024);
+            prop_assert!(path.bytes().all(|b| b.is_ascii_graphic()));
+        }
+    }
+
+    #[test]
+    fn decimal_timeouts_read_exactly(millis in 1u64..3_600_000) {
+        let text = format!("{}.{:03}", millis / 1000, millis % 1000);
+        let interval = std::time::Duration::from_secs(3600);
+        prop_assert_eq!(
+            crate::check::parse_timeout(&text, interval).unwrap(),
+            std::time::Duration::from_millis(millis)
+        );
+    }
+
+    #[test]
+    fn http_status_lines_never_panic(head in prop::collection::vec(any::<u8>(), 0..64)) {
+        if let Some((status, note)) = crate::check::status_of(&head) {
+            prop_assert!(status == Status::Passing || note.is_some());
+        }
+    }
+}
+
+/// `text` percent-encoded byte by byte, so any text survives a query string.
+fn form(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// JSON values shaped like registration values, right and wrong: an `Addr` of tricky text and
+/// `Metadata` whose fields have the right names and any types.
+fn json_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<i64>().prop_map(serde_json::Value::from),
+        tricky().prop_map(serde_json::Value::from),
+        prop::collection::vec(tricky(), 0..4).prop_map(serde_json::Value::from),
+    ];
+    let fields = prop::collection::vec(
+        (
+            prop::sample::select(vec!["tags", "weight", "meta", "status", "note", "x"]),
+            prop_oneof![
+                leaf.clone(),
+                prop::collection::btree_map(tricky(), leaf, 0..3)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ],
+        ),
+        0..5,
+    );
+    (tricky(), fields).prop_map(|(addr, fields)| {
+        let metadata: serde_json::Map<String, serde_json::Value> =
+            fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        serde_json::json!({"Addr": addr, "Metadata": metadata}).to_string()
+    })
 }

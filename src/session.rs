@@ -12,6 +12,7 @@ use tiny_http::Request;
 use tungstenite::WebSocket;
 use tungstenite::protocol::Role;
 
+use crate::check::{CheckId, CheckSpec, Checker};
 use crate::context::Context;
 use crate::error::Error;
 use crate::http::listener::{Listener, SocketSlot};
@@ -25,6 +26,7 @@ use crate::socket::mailbox::Mailbox;
 use crate::socket::stream::UpgradedStream;
 use crate::socket::wire::Wire;
 use crate::socket::{self, Ending, event_stream, websocket_config};
+use crate::status::parse_report;
 use crate::store::Store;
 
 /// Stack of a socket thread. The loop is shallow; small stacks keep 10,000 sockets cheap.
@@ -43,6 +45,8 @@ pub struct SocketPlan {
     pub campaign: bool,
     /// Every service the socket hears about, each once.
     pub services: Vec<String>,
+    /// hound's check of the registered node, if it asked for one.
+    pub check: Option<CheckSpec>,
     /// How the connection carries messages.
     pub protocol: Protocol,
     /// The route's label, for metrics.
@@ -70,15 +74,27 @@ pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
             let mut cleanup = Cleanup {
                 hub: &context.hub,
                 store: &context.store,
+                checker: &context.checker,
                 id,
                 registration: None,
+                check: None,
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| {
-                if let Some(open) = open(&context, &mut cleanup, setup) {
+                if let Some(mut open) = open(&context, &mut cleanup, setup) {
                     // The set-up's deep frames are gone; the loop below runs for the socket's
                     // whole life in a few shallow pages.
                     crate::stack::release_unused();
-                    serve(open, id, context.ping_interval);
+                    // Checked only once the socket serves: its SYNC reads "not checked yet",
+                    // and the first finding's PUT reaches a socket that is already in its loop.
+                    if let (Some(spec), Some((service, node))) =
+                        (open.check.take(), &cleanup.registration)
+                    {
+                        match context.checker.start(spec, service, node, id) {
+                            Ok(check) => cleanup.check = Some(check),
+                            Err(err) => log::error!("cannot check {service}/{node}: {err}"),
+                        }
+                    }
+                    serve(open, id, &context, cleanup.registration.as_ref());
                 }
             }));
             if outcome.is_err() {
@@ -95,13 +111,18 @@ pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
 struct Cleanup<'a> {
     hub: &'a Hub,
     store: &'a Store,
+    checker: &'a Checker,
     id: SocketId,
     registration: Option<(String, Node)>,
+    check: Option<CheckId>,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         self.hub.unsubscribe(self.id);
+        if let Some(check) = self.check {
+            self.checker.stop(check);
+        }
         if let Some((service, node)) = &self.registration {
             self.store.deregister(service, node, self.id);
         }
@@ -114,6 +135,8 @@ struct Open {
     inbox: Receiver<Frame>,
     doorbell: Arc<Doorbell>,
     peer: SocketAddr,
+    /// The check to start once the socket serves (register route, `check=` given).
+    check: Option<CheckSpec>,
     /// Counts the socket against `--max-connections` until it ends.
     _slot: SocketSlot,
 }
@@ -242,14 +265,27 @@ fn open(
         inbox,
         doorbell,
         peer,
+        check: plan.check.clone(),
         _slot: slot,
     })
 }
 
 /// Serves an open socket until it ends.
-fn serve(open: Open, id: SocketId, ping_interval: Duration) {
+fn serve(open: Open, id: SocketId, context: &Context, registration: Option<&(String, Node)>) {
+    let ping_interval = context.ping_interval;
+    // A register socket's text frames may report its node's status; a monitor's mean nothing.
+    let mut on_text = |text: &str| {
+        if let Some((service, node)) = registration
+            && let Some(change) = parse_report(text)
+        {
+            log::debug!("socket {id} reports {service}/{node}: {change:?}");
+            context.store.report(service, node, id, change);
+        }
+    };
     let ending = match open.connection {
-        Connection::WebSocket(ws) => socket::serve(ws, open.inbox, &open.doorbell, ping_interval),
+        Connection::WebSocket(ws) => {
+            socket::serve(ws, open.inbox, &open.doorbell, ping_interval, &mut on_text)
+        }
         Connection::EventStream(stream) => {
             event_stream::serve(stream, open.inbox, &open.doorbell, ping_interval)
         }
@@ -293,14 +329,17 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let store = Store::Embedded(Embedded::start(hub.clone(), 15, "service").unwrap());
         let node = Node::parse_value("10.0.0.1:80").unwrap();
+        let checker = Checker::new(store.clone());
         let outcome = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> () {
                     let _cleanup = Cleanup {
                         hub: &hub,
                         store: &store,
+                        checker: &checker,
                         id: 7,
                         registration: Some(("api".into(), node.clone())),
+                        check: None,
                     };
                     store.register("api", &node, 7, true, &|| true).unwrap();
                     let doorbell = Arc::new(Doorbell::new().unwrap());

@@ -11,9 +11,10 @@ use crate::error::Result;
 use crate::etcd::{ClusterStatus, CustomEvent, Etcd};
 use crate::hub::SocketId;
 use crate::names::Node;
+use crate::status::StatusChange;
 
-/// Where registrations live.
-#[derive(Debug)]
+/// Where registrations live. Clones share the backend (the checker thread holds one).
+#[derive(Debug, Clone)]
 pub enum Store {
     Etcd(Etcd),
     Embedded(Embedded),
@@ -48,6 +49,25 @@ impl Store {
         match self {
             Store::Etcd(etcd) => etcd.deregister(service, node, owner),
             Store::Embedded(store) => store.deregister(service, node, owner),
+        }
+    }
+
+    /// Changes the status of the registration `owner` holds (if it still holds it): one write
+    /// of the node's value on its lease when that changes what the node shows, none otherwise.
+    /// Never blocks.
+    pub fn report(&self, service: &str, node: &Node, owner: SocketId, change: StatusChange) {
+        match self {
+            Store::Etcd(etcd) => etcd.report(service, node, owner, change),
+            Store::Embedded(store) => store.report(service, node, owner, &change),
+        }
+    }
+
+    /// Marks every registration held now, and every one made from now on, `draining` (the
+    /// start of a shutdown with a drain grace). Never blocks.
+    pub fn drain_all(&self) {
+        match self {
+            Store::Etcd(etcd) => etcd.drain_all(),
+            Store::Embedded(store) => store.drain_all(),
         }
     }
 

@@ -148,6 +148,81 @@ fn dashboard_shows_services_and_events_live() {
     page.assert_no_exceptions();
 }
 
+/// Nodes show their tags, weight and status — in words, and coloured — and the note of a
+/// node that is not passing; a status change is logged as an event.
+#[test]
+fn dashboard_shows_tags_weight_and_status() {
+    let _watchdog = watchdog();
+    let hound = Hound::start(&["--embedded", "-p", "0"]);
+    let addr = hound.addr;
+    let _plain = register(addr, "api", "10.0.0.1", 80, "");
+    let mut canary = register_url(&format!(
+        "ws://{addr}/etcd/register?service=api&ip=10.0.0.2&port=80&tags=v2,canary&weight=10"
+    ));
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("http://{addr}/"));
+    let first = page.wait_for("both nodes, the canary with its tags and weight", |p| {
+        nodes(p, "api") == Some(vec!["10.0.0.1:80", "10.0.0.2:80"])
+    });
+    let shown = &service(&first, "api").unwrap()["shown"];
+    assert_eq!(
+        shown[0]["text"], "10.0.0.1:80",
+        "a 1.0 node shows just its address"
+    );
+    assert_eq!(shown[0]["status"], Value::Null);
+    assert_eq!(shown[1]["tags"], json!(["v2", "canary"]));
+    assert!(
+        shown[1]["text"].as_str().unwrap().contains("weight 10"),
+        "{shown}"
+    );
+
+    let report = r#"{"status":"warning","note":"slow disk"}"#;
+    canary
+        .0
+        .send(Message::Text(report.into()))
+        .expect("send a status");
+    let warned = page.wait_for("the canary warning, with its note", |p| {
+        service(p, "api").is_some_and(|s| {
+            s["shown"][1]["status"] == "warning" && s["shown"][1]["note"] == "slow disk"
+        }) && has_event(p, "PUT", "api", None, "10.0.0.2:80 warning")
+    });
+    let canary_shown = &service(&warned, "api").unwrap()["shown"][1];
+    assert!(
+        canary_shown["text"].as_str().unwrap().contains("warning"),
+        "readable without colour: {canary_shown}"
+    );
+    let warning_colour = canary_shown["statusColour"].clone();
+
+    canary
+        .0
+        .send(Message::Text(
+            r#"{"status":"critical","note":"db down"}"#.into(),
+        ))
+        .expect("send a status");
+    let critical = page.wait_for("the canary critical", |p| {
+        service(p, "api").is_some_and(|s| s["shown"][1]["status"] == "critical")
+    });
+    let canary_shown = &service(&critical, "api").unwrap()["shown"][1];
+    assert_eq!(canary_shown["note"], "db down");
+    assert_ne!(
+        canary_shown["statusColour"], warning_colour,
+        "critical and warning are coloured apart"
+    );
+
+    canary
+        .0
+        .send(Message::Text(
+            r#"{"status":"passing","note":"fine"}"#.into(),
+        ))
+        .expect("send a status");
+    page.wait_for("the canary back to passing, no note", |p| {
+        service(p, "api").is_some_and(|s| {
+            s["shown"][1]["status"] == Value::Null && s["shown"][1]["note"] == Value::Null
+        })
+    });
+    page.assert_no_exceptions();
+}
+
 #[test]
 fn dashboard_passes_the_token_on() {
     let _watchdog = watchdog();
@@ -224,6 +299,14 @@ const SNAPSHOT: &str = r##"(() => {
       name: s.dataset.service,
       empty: s.classList.contains("empty"),
       nodes: [...s.querySelectorAll("[data-node]")].map((n) => n.dataset.node),
+      shown: [...s.querySelectorAll("[data-node]")].map((n) => ({
+        node: n.dataset.node,
+        status: n.dataset.status ?? null,
+        text: n.textContent,
+        tags: [...n.querySelectorAll(".tag")].map((t) => t.textContent),
+        note: n.querySelector(".note")?.textContent ?? null,
+        statusColour: n.querySelector(".status") ? getComputedStyle(n.querySelector(".status")).color : null,
+      })),
       leads: s.querySelector("li[data-leader]")?.dataset.node
         ?? s.querySelector(".leader-note")?.dataset.leader ?? null,
     })),
@@ -642,17 +725,18 @@ fn register(addr: SocketAddr, service: &str, ip: &str, port: u16, token: &str) -
     } else {
         format!("{url}&token={token}")
     };
-    open_registration(&url)
+    register_url(&url)
 }
 
 /// A register socket that campaigns for leadership of its service.
 fn campaign(addr: SocketAddr, service: &str, ip: &str, port: u16) -> Registration {
-    open_registration(&format!(
+    register_url(&format!(
         "ws://{addr}/etcd/register?service={service}&ip={ip}&port={port}&campaign=1"
     ))
 }
 
-fn open_registration(url: &str) -> Registration {
+/// Registers through `url` (a whole `ws://…/etcd/register?…` URL) and reads its SYNC.
+fn register_url(url: &str) -> Registration {
     let url = url.to_owned();
     let mut socket = ws_connect(&url);
     // Its own SYNC comes first, once the registration is in place.

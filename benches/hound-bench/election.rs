@@ -88,7 +88,7 @@ pub fn leader_change(options: &Options, etcd: &Etcd, report: &mut Report) -> Res
     let (to_watch, to_leader) = (Samples::new(to_watch), Samples::new(to_leader));
     let factor = ratio(to_leader.p99(), to_watch.p99());
     report.row(Row {
-        section: "7",
+        section: "8",
         what: format!(
             "Leader change: leader's close frame sent → `LEADER` at a monitor on another hound \
              (p50 / p99 / max), {rounds} rounds; baseline: a plain etcd watch sees the leader's \

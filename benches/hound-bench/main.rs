@@ -8,9 +8,10 @@
 //!
 //! Options (after `--`): `--quick` (smaller counts, for trying the bench out; not comparable),
 //! `--only SECTION[,SECTION…]` (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`,
-//! `sse`, `leader`), and
+//! `sse`, `leader`, `checks`), and
 //! `--update-docs` (rewrite the generated section of `docs/performance.md`).
 
+mod checks;
 mod discovery;
 mod election;
 mod etcd;
@@ -52,7 +53,7 @@ struct Options {
     quick: bool,
     update_docs: bool,
     /// Sections to run (`startup`, `rest`, `registration`, `churn`, `fanout`, `dns`, `sse`,
-    /// `leader`);
+    /// `leader`, `checks`);
     /// all if empty.
     only: Vec<String>,
 }
@@ -253,7 +254,7 @@ fn run(options: &Options, report: &mut Report, fd_limit: FdLimit) -> Result<(), 
     if options.runs("leader")
         && let Err(err) = election::leader_change(options, &etcd, report)
     {
-        report.failed("7", "leader change", &err);
+        report.failed("8", "leader change", &err);
     }
     if options.runs("dns")
         && let Err(err) = discovery::dns(options, &etcd, &writer, report)
@@ -264,6 +265,11 @@ fn run(options: &Options, report: &mut Report, fd_limit: FdLimit) -> Result<(), 
         && let Err(err) = discovery::event_stream_cost(options, &etcd, report)
     {
         report.failed("6", "event stream cost per client", &err);
+    }
+    if options.runs("checks")
+        && let Err(err) = checks::checks(options, &etcd, report)
+    {
+        report.failed("7", "checks", &err);
     }
 
     let problems = procs::log_problems(&hound.stderr());
@@ -797,7 +803,7 @@ fn churn(
     let in_etcd: Vec<u32> = writer
         .get_prefix(&format!("{NAMESPACE}/churn/"))?
         .iter()
-        .filter_map(|(_, value)| value.rsplit(':').next()?.parse().ok())
+        .filter_map(|(_, value)| value_port(value))
         .collect();
     let lost = pool.lost();
     if lost > 0 {
@@ -1260,4 +1266,14 @@ fn footprint(
             verdict: Verdict::from(met && live > 0),
         });
     }
+}
+
+/// The port of a registration value: the `Addr` of hound's JSON (etcd's naming format), or a
+/// plain 1.0 `ip:port`.
+fn value_port(value: &str) -> Option<u32> {
+    let addr = match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(json) => json["Addr"].as_str()?.to_owned(),
+        Err(_) => value.to_owned(),
+    };
+    addr.rsplit(':').next()?.parse().ok()
 }

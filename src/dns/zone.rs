@@ -174,7 +174,7 @@ impl Zone {
         }
         let mut all: Vec<Node> = variants.values().flatten().cloned().collect();
         all.sort();
-        all.dedup();
+        all.dedup_by(|a, b| a.same_address(b));
         if variants.is_empty() {
             services.remove(&lower);
         }
@@ -243,17 +243,27 @@ impl Zone {
                 self.prepare_name(&srv_form, &healthy, false)?,
             ),
         ];
-        let mut tags: Vec<&String> = healthy.iter().flat_map(|node| node.tags()).collect();
+        // DNS names are case-insensitive, so `V2` and `v2` are one name listing both.
+        let mut tags: Vec<String> = healthy
+            .iter()
+            .flat_map(|node| node.tags())
+            .map(|tag| tag.to_ascii_lowercase())
+            .collect();
         tags.sort();
         tags.dedup();
         for tag in tags {
             let tagged: Vec<&Node> = healthy
                 .iter()
                 .copied()
-                .filter(|node| node.tags().contains(tag))
+                .filter(|node| node.tags().iter().any(|own| own.eq_ignore_ascii_case(&tag)))
                 .collect();
-            let name = format!("{}.{plain}", tag.to_ascii_lowercase());
-            names.push((name.clone(), self.prepare_name(&name, &tagged, true)?));
+            let name = format!("{tag}.{plain}");
+            // A tag that makes no DNS name (one with an empty label, `a..b`) costs only its
+            // own name, not the service's.
+            match self.prepare_name(&name, &tagged, true) {
+                Ok(answers) => names.push((name, answers)),
+                Err(err) => log::debug!("tag {tag:?} of {lower} has no DNS name: {err}"),
+            }
         }
         Ok(names
             .into_iter()
@@ -427,6 +437,7 @@ pub fn parse_domain(domain: &str) -> Result<Name> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::describe::Status;
 
     fn node(value: &str) -> Node {
         Node::parse_value(value).unwrap()
@@ -499,6 +510,64 @@ mod tests {
                 .answers
                 .len(),
             5
+        );
+    }
+
+    fn described(value: &str, tags: &[&str], weight: u16, status: Option<Status>) -> Node {
+        let mut node = node(value);
+        node.about.tags = tags.iter().map(|t| t.to_string()).collect();
+        node.about.weight = weight;
+        node.about.status = status;
+        node
+    }
+
+    #[test]
+    fn weights_tags_and_health_shape_the_answers() {
+        let zone = Zone::new("hound.").unwrap();
+        zone.update(
+            "api",
+            vec![
+                described("10.0.0.1:80", &["v2", "Canary"], 10, None),
+                described("10.0.0.2:80", &["v1"], 1, Some(Status::Warning)),
+                described("10.0.0.3:80", &["v2"], 5, Some(Status::Critical)),
+                described("10.0.0.4:80", &["v2"], 5, Some(Status::Draining)),
+            ],
+        );
+        let api = answers(&zone, "api.service.hound.");
+        let srv = records(api.for_type(RecordType::SRV).unwrap());
+        let shown: Vec<String> = srv.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "1 10 80 10-0-0-1.addr.hound.",
+                "1 1 80 10-0-0-2.addr.hound."
+            ],
+            "healthy only (passing, warning), each with its weight"
+        );
+        let v2 = answers(&zone, "v2.api.service.hound.");
+        let a = records(v2.for_type(RecordType::A).unwrap());
+        let ips: Vec<String> = a.answers.iter().map(|r| r.data.to_string()).collect();
+        assert_eq!(ips, ["10.0.0.1"], "a tag lists its healthy nodes only");
+        let canary = answers(&zone, "CANARY.api.service.hound.");
+        assert_eq!(
+            records(canary.for_type(RecordType::A).unwrap())
+                .answers
+                .len(),
+            1
+        );
+        assert!(matches!(
+            lookup(&zone, "v3.api.service.hound."),
+            Lookup::NoData | Lookup::NxDomain
+        ));
+        zone.update(
+            "db",
+            vec![described("10.0.0.9:5432", &[], 1, Some(Status::Critical))],
+        );
+        let db = answers(&zone, "db.service.hound.");
+        let a = db.for_type(RecordType::A).map(records);
+        assert!(
+            a.is_none_or(|a| a.answers.is_empty()),
+            "a service with nodes but none healthy has no answers"
         );
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use etcd_client::{
     Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep, timeout};
 
 use super::backoff::{Backoff, Throttle};
@@ -116,6 +117,9 @@ pub(super) enum Write {
     /// A keeper putting its key back: only if no lease holds the key, so a keeper never takes
     /// it from a newer registration, on this hound or another.
     IfMissing,
+    /// A new value for a key this lease holds (a status change): only if the key is still on
+    /// this lease, so it never lands on a key another registration took, or one deleted.
+    IfOurs,
 }
 
 /// What a write did.
@@ -151,13 +155,19 @@ pub(super) async fn write(
     deadline: Instant,
 ) -> Result<Written> {
     let on_lease = || Some(PutOptions::new().with_lease(lease));
-    let mut puts = vec![TxnOp::put(key, node.to_string(), on_lease())];
+    // Only the registration's value is hound's JSON; the campaign key's stays `ip:port`, as
+    // etcd's election protocol (and `etcdctl elect`) has it.
+    let mut puts = vec![TxnOp::put(key, crate::value::encode(node), on_lease())];
     if let Some(campaign) = campaign {
         let campaign_key = campaign.keys.campaign(&campaign.service, lease);
         puts.push(TxnOp::put(campaign_key, node.to_string(), on_lease()));
     }
     let txn = match how {
         Write::Always => Txn::new().and_then(puts),
+        Write::IfOurs => Txn::new()
+            .when([Compare::lease(key, CompareOp::Equal, lease)])
+            .and_then(puts)
+            .or_else([TxnOp::get(key, None)]),
         Write::IfMissing => Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then(puts)
@@ -276,7 +286,8 @@ enum Ended {
 /// What one keeper keeps: a registration's key, and how to tell whether etcd still holds it.
 pub(super) struct Kept {
     pub key: String,
-    pub node: Node,
+    /// The node as it should read now (its status changes); a put-back writes the latest.
+    pub node: watch::Receiver<Node>,
     pub ttl: i64,
     /// The registration's campaign, written again with its key.
     pub campaign: Option<Campaigning>,
@@ -405,7 +416,7 @@ async fn put_key_back(
         let (members, key, node, id, campaign) = (
             members.clone(),
             kept.key.clone(),
-            kept.node.clone(),
+            kept.node.borrow().clone(),
             lease.id(),
             kept.campaign.clone(),
         );
@@ -417,16 +428,87 @@ async fn put_key_back(
         };
         hold::park(lease, &kept.key, held).await;
     }
+    let node = kept.node.borrow().clone();
     write(
         members,
         &kept.key,
-        &kept.node,
+        &node,
         lease.id(),
         Write::IfMissing,
         kept.campaign.as_ref(),
         deadline,
     )
     .await
+}
+
+/// Writes the latest value of a registration's node (its status changed) on its lease, and
+/// again while newer values came during the write, then ends (clearing `writing`): the
+/// registry starts it again on the next change. (A task per registration that lived as long
+/// as it did would keep its largest state, an etcd request's, for each of thousands of
+/// registrations.) A write that fails is retried with back-off until it lands, the key turns
+/// out not to be this lease's (taken over or deleted: nothing to write), the lease is gone
+/// (the keeper registers again, with the latest value), or the registration has ended (its
+/// sender is dropped).
+pub(super) async fn write_value(
+    members: Members,
+    key: String,
+    lease: Rc<Lease>,
+    mut wanted: watch::Receiver<Node>,
+    writes: Rc<Semaphore>,
+    writing: Rc<Cell<bool>>,
+) {
+    /// Clears the registration's "a writer runs" flag however the writer ends.
+    struct Done(Rc<Cell<bool>>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    let _done = Done(writing);
+    let mut throttle = Throttle::default();
+    // The registry hands over a receiver that has not seen the latest value: write it, and
+    // once more for each change that comes meanwhile.
+    while wanted.has_changed().unwrap_or(false) {
+        let mut backoff = Backoff::new();
+        loop {
+            // A burst of changes (a thousand checks finding their nodes at once) waits here
+            // rather than putting a thousand requests, and their buffers, in flight together.
+            let Ok(_permit) = writes.acquire().await else {
+                return;
+            };
+            let node = wanted.borrow_and_update().clone();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            // Boxed: a waiting writer holds a few words, the request's state only while it runs.
+            let written = Box::pin(write(
+                &members,
+                &key,
+                &node,
+                lease.id(),
+                Write::IfOurs,
+                // A status change leaves the campaign key's value (`ip:port`) as it is.
+                None,
+                deadline,
+            ));
+            match written.await {
+                Ok(Written::At(_)) => {
+                    metrics::STATUS_WRITES.add(1);
+                    log::debug!("wrote {key} as {}", node.status());
+                    break;
+                }
+                Ok(written) => {
+                    log::debug!("not writing {key}'s new status: {written:?}");
+                    break;
+                }
+                Err(err) => {
+                    log::log!(throttle.level(), "could not write {key}'s status: {err}");
+                    sleep(backoff.next_delay()).await;
+                    if wanted.has_changed().is_err() {
+                        return; // The registration has ended: nothing more to write.
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A test-only hook, compiled into debug builds and armed by the environment variable

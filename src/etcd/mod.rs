@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::hub::{Audience, Hub, SocketId};
 use crate::keys::{ElectionKeys, EventKeys, ServiceKeys};
 use crate::names::Node;
+use crate::status::StatusChange;
 
 /// How long a blocking call waits for etcd before answering 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -133,6 +134,13 @@ enum Command {
         deadline: Instant,
         reply: Reply<()>,
     },
+    Report {
+        service: String,
+        node: Node,
+        owner: SocketId,
+        change: StatusChange,
+    },
+    DrainAll,
     Status {
         deadline: Instant,
         reply: Reply<ClusterStatus>,
@@ -144,8 +152,9 @@ enum Command {
     },
 }
 
-/// The blocking handle. Dropping it ends the etcd thread (without waiting for it).
-#[derive(Debug)]
+/// The blocking handle; clones share the etcd thread. Dropping the last ends it (without
+/// waiting for it).
+#[derive(Debug, Clone)]
 pub struct Etcd {
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -277,6 +286,22 @@ impl Etcd {
             node: node.clone(),
             owner,
         });
+    }
+
+    /// Changes the status of the registration `owner` holds; one write of its value if that
+    /// changes how the node reads. Does not wait.
+    pub fn report(&self, service: &str, node: &Node, owner: SocketId, change: StatusChange) {
+        let _ = self.commands.send(Command::Report {
+            service: service.to_owned(),
+            node: node.clone(),
+            owner,
+            change,
+        });
+    }
+
+    /// Marks every registration `draining`, now and from now on. Does not wait.
+    pub fn drain_all(&self) {
+        let _ = self.commands.send(Command::DrainAll);
     }
 
     /// Deletes every registration this hound holds, waiting at most `timeout`.

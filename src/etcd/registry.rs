@@ -1,11 +1,14 @@
 //! The etcd thread's command loop and the registrations it holds: grant, write, keep alive,
 //! take over, delete.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch as latest;
 use tokio::task::{AbortHandle, spawn_local};
 use tokio::time::Instant;
 
@@ -21,6 +24,7 @@ use crate::keys::{ElectionKeys, ServiceKeys};
 use crate::metrics;
 use crate::names::Node;
 use crate::owners::{self, Owners, Replaced};
+use crate::status::{Registered, StatusChange};
 
 /// How one registration this hound holds is kept alive.
 #[derive(Debug)]
@@ -28,8 +32,24 @@ struct Held {
     /// The current lease; the keeper replaces it if etcd forgets the old one.
     lease: Rc<Lease>,
     keeper: AbortHandle,
+    /// The node with its status, and the channel that tells the keeper and the value writer
+    /// how it reads now.
+    registered: Registered,
+    value: latest::Sender<Node>,
+    /// Whether a value writer runs (it clears this as it ends). No handle is kept: a finished
+    /// task's memory lives as long as any handle to it, and a thousand checked nodes would
+    /// each keep one. Dropping `value` ends the writer after the write in flight, which lands
+    /// only while the key is on this lease.
+    writing: Rc<Cell<bool>>,
     /// Whether the registration campaigns, with a key on `lease`.
     campaign: bool,
+}
+
+impl Held {
+    /// Stops the keeper; the value writer ends once `value` is dropped with this registration.
+    fn stop_writing(&self) {
+        self.keeper.abort();
+    }
 }
 
 struct Registry {
@@ -39,7 +59,14 @@ struct Registry {
     elections: ElectionKeys,
     hub: Arc<Hub>,
     held: Owners<Held>,
+    /// Set by a drain: every registration, present and future, reads `draining`.
+    draining: bool,
+    /// Status writes in flight at once, at most [`STATUS_WRITES_IN_FLIGHT`].
+    status_writes: Rc<Semaphore>,
 }
+
+/// How many status writes go to etcd at once; the rest wait their turn (in order per node).
+const STATUS_WRITES_IN_FLIGHT: usize = 16;
 
 /// Sets up the members, starts the watches, then serves commands until the handle is dropped.
 pub(super) async fn serve(
@@ -68,6 +95,8 @@ pub(super) async fn serve(
         settings,
         hub,
         held: Owners::default(),
+        draining: false,
+        status_writes: Rc::new(Semaphore::new(STATUS_WRITES_IN_FLIGHT)),
     };
     while let Some(command) = commands.recv().await {
         match command {
@@ -96,6 +125,13 @@ pub(super) async fn serve(
                 node,
                 owner,
             } => registry.deregister(&service, &node, owner),
+            Command::Report {
+                service,
+                node,
+                owner,
+                change,
+            } => registry.report(&service, &node, owner, &change),
+            Command::DrainAll => registry.drain_all(),
             Command::DeregisterAll { deadline, reply } => {
                 registry.deregister_all(Instant::from_std(deadline)).await;
                 let _ = reply.send(Ok(()));
@@ -152,13 +188,18 @@ impl Registry {
             return Err(gone());
         }
         let key = self.keys.registration(service, node);
+        let mut registered = Registered::new(node.clone());
+        if self.draining {
+            registered.change(&StatusChange::Drain);
+        }
         if let Some(campaign) = &campaign
             && let Some(revision) = self
-                .take_over_campaign(&key, node, owner, campaign, deadline, abandon)
+                .take_over_campaign(&key, &registered, owner, campaign, deadline, abandon)
                 .await?
         {
             return Ok(revision);
         }
+        let node = registered.node();
         let lease = Rc::new(Lease::default());
         let written = tokio::select! {
             written = self.write_new(&key, node, &lease, campaign.as_ref(), deadline) => written,
@@ -174,23 +215,28 @@ impl Registry {
                 return Err(err);
             }
         };
+        let (value, reading) = latest::channel(node.clone());
         let is_campaigning = campaign.is_some();
         let keeper = spawn_local(lease::keep_alive(
             self.members.clone(),
-            self.kept(service, node, key.clone(), campaign),
+            self.kept(service, node, key.clone(), reading, campaign),
             lease.clone(),
         ))
         .abort_handle();
         let held = Held {
             lease,
             keeper,
+            registered,
+            value,
+            writing: Rc::default(),
             campaign: is_campaigning,
         };
         let replaced = self.held.hold(key.clone(), owner, held);
         if let Some(Replaced { lease: held, .. }) = &replaced {
             // The key now points at the new lease, so revoking the old one deletes nothing;
-            // and whatever the old keeper was writing, it writes only a missing key.
-            held.keeper.abort();
+            // and whatever the old keeper was writing, it writes only a missing key (and the
+            // old value writer only a key on its own lease).
+            held.stop_writing();
             held.lease.release_held_write().await;
             spawn_local(lease::revoke_later(self.members.clone(), held.lease.id()));
         }
@@ -202,13 +248,15 @@ impl Registry {
     /// over on the same lease, rather than on a new one as other takeovers do: the campaign
     /// key is named after the lease, so it keeps its create revision and the node its place
     /// in the election (a leader stays leader, with the same `rev`). The key is written again
-    /// on that lease (with the campaign key), and the older socket is closed with 4000.
+    /// on that lease (with the campaign key), and the older socket is closed with 4000. The
+    /// keeper and the value writer stay; what the node now says (its description, its check's
+    /// first status) is the new registration's.
     /// `None` if there is no such registration or etcd lost its lease: then the caller
     /// registers on a new lease as usual.
     async fn take_over_campaign(
         &mut self,
         key: &str,
-        node: &Node,
+        registered: &Registered,
         owner: SocketId,
         campaign: &Campaigning,
         deadline: Instant,
@@ -218,7 +266,7 @@ impl Registry {
             Some(held) if held.campaign && held.lease.id() != 0 => held.lease.clone(),
             _ => return Ok(None),
         };
-        let (members, id) = (&self.members, lease.id());
+        let (members, id, node) = (&self.members, lease.id(), registered.node());
         let written = tokio::select! {
             written = lease::write(members, key, node, id, Write::Always, Some(campaign), deadline)
                 => written?,
@@ -239,6 +287,13 @@ impl Registry {
             return Ok(None);
         }
         let previous = self.held.transfer(key, owner);
+        if let Some(held) = self.held.held_by_mut(key, owner) {
+            // The old registration's value writer may still have a write of its status on the
+            // way, on this same lease: told of the new value, it writes that once more after.
+            // A keeper that puts the key back writes it too.
+            held.value.send_replace(node.clone());
+            held.registered = registered.clone();
+        }
         owners::registered(&self.hub, key, owner, previous);
         Ok(Some(revision))
     }
@@ -268,11 +323,18 @@ impl Registry {
 
     /// What the keeper of `key` (`node` under `service`) keeps, with a look at hound's mirror
     /// to tell whether the key is still in etcd.
-    fn kept(&self, service: &str, node: &Node, key: String, campaign: Option<Campaigning>) -> Kept {
+    fn kept(
+        &self,
+        service: &str,
+        node: &Node,
+        key: String,
+        reading: latest::Receiver<Node>,
+        campaign: Option<Campaigning>,
+    ) -> Kept {
         let (hub, service, node_key) = (self.hub.clone(), service.to_owned(), node.to_string());
         Kept {
             key,
-            node: node.clone(),
+            node: reading,
             ttl: self.settings.ttl,
             campaign,
             in_mirror: Box::new(move || hub.holds(&service, &node_key)),
@@ -282,8 +344,57 @@ impl Registry {
     fn deregister(&mut self, service: &str, node: &Node, owner: SocketId) {
         let key = self.keys.registration(service, node);
         if let Some(held) = self.held.release(&key, owner) {
-            held.keeper.abort();
+            held.stop_writing();
             spawn_local(self.delete(key, held.lease, None));
+        }
+    }
+
+    /// Applies a status change to the registration `owner` holds: if the node now reads
+    /// differently, its value writer writes it (one write), else nothing happens.
+    fn report(&mut self, service: &str, node: &Node, owner: SocketId, change: &StatusChange) {
+        let key = self.keys.registration(service, node);
+        if let Some(held) = self.held.held_by_mut(&key, owner) {
+            Self::rewrite(&self.members, &self.status_writes, key, held, change);
+        }
+    }
+
+    /// Marks every registration `draining`, and every later one.
+    fn drain_all(&mut self) {
+        self.draining = true;
+        let members = self.members.clone();
+        for (key, held) in self.held.iter_mut() {
+            let change = &StatusChange::Drain;
+            Self::rewrite(&members, &self.status_writes, key.to_owned(), held, change);
+        }
+    }
+
+    /// Applies `change` to `held`, handing the node to its value writer if it now reads
+    /// differently: a writer still running writes it after its current write (it looks for
+    /// newer values before it ends, and nothing else runs on this thread in between); else a
+    /// new one starts.
+    fn rewrite(
+        members: &Members,
+        writes: &Rc<Semaphore>,
+        key: String,
+        held: &mut Held,
+        change: &StatusChange,
+    ) {
+        let Some(node) = held.registered.change(change) else {
+            return;
+        };
+        held.value.send_replace(node.clone());
+        if !held.writing.replace(true) {
+            let mut wanted = held.value.subscribe();
+            wanted.mark_changed();
+            let writer = lease::write_value(
+                members.clone(),
+                key,
+                held.lease.clone(),
+                wanted,
+                writes.clone(),
+                held.writing.clone(),
+            );
+            drop(spawn_local(writer));
         }
     }
 
@@ -293,7 +404,7 @@ impl Registry {
         let deletions: Vec<_> = held
             .into_iter()
             .map(|(key, held)| {
-                held.keeper.abort();
+                held.stop_writing();
                 spawn_local(self.delete(key, held.lease, Some(deadline)))
             })
             .collect();

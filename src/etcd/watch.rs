@@ -450,10 +450,10 @@ fn parse_registration<'a>(keys: &ServiceKeys, kv: &'a KeyValue) -> Option<(&'a s
 }
 
 fn parse_node(kv: &KeyValue) -> Option<Node> {
-    let node = kv.value_str().ok().and_then(Node::parse_value);
+    let node = kv.value_str().ok().and_then(crate::value::decode);
     if node.is_none() {
         log::warn!(
-            "skipping key {}: its value {:?} is not host:port",
+            "skipping key {}: its value {:?} is neither host:port nor JSON with an Addr",
             String::from_utf8_lossy(kv.key()),
             String::from_utf8_lossy(kv.value())
         );

@@ -75,6 +75,22 @@ mod tests {
     }
 
     #[test]
+    fn labels_follow_tags_meta_and_status() {
+        let mut node = Node::parse_value("10.0.0.1:80").unwrap();
+        node.about.tags = vec!["a".into(), "b".into()];
+        node.about.meta = vec![("zone".into(), "eu-1".into())];
+        node.about.status = Some(crate::describe::Status::Warning);
+        assert_eq!(
+            target_group("api", &node),
+            json!({"targets":["10.0.0.1:80"],"labels":{
+                "__meta_hound_service":"api",
+                "__meta_hound_status":"warning",
+                "__meta_hound_tags":",a,b,",
+                "__meta_hound_meta_zone":"eu-1"}})
+        );
+    }
+
+    #[test]
     fn service_lists_are_checked() {
         assert_eq!(service_list("a,,b,a").unwrap(), ["a", "b"]);
         assert!(service_list("").unwrap().is_empty());

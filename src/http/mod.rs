@@ -68,6 +68,10 @@ fn dispatch(context: &Arc<Context>, request: Request) {
             Ok(plan) => crate::session::start(context.clone(), request, plan),
             Err(err) => respond_error(request, label, &err),
         },
+        Route::ServiceNodes(ref service) => {
+            let reply = rest::service_nodes(context, service, &query);
+            answer_with(request, &route, reply);
+        }
         Route::PrometheusSd => {
             let reply = discovery::prometheus_targets(context, &query);
             answer_with(request, &route, reply);

@@ -5,6 +5,10 @@ use std::fmt;
 
 use crate::error::{Error, Result};
 
+/// The names that may be given more than once: the filters of `GET /etcd/services/:service`
+/// (`?tag=a&tag=b` means both).
+pub const REPEATABLE: &[&str] = &["tag", "status"];
+
 /// The decoded parameters of one request.
 #[derive(Debug, Default)]
 pub struct Query {
@@ -19,7 +23,8 @@ impl Query {
         for part in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = decode_pair(part)
                 .map_err(|why| Error::BadRequest(format!("query parameter {part:?} {why}")))?;
-            if pairs.iter().any(|(known, _)| *known == name) {
+            if !REPEATABLE.contains(&name.as_str()) && pairs.iter().any(|(known, _)| *known == name)
+            {
                 return Err(Error::BadRequest(format!(
                     "query parameter {name:?} is given more than once"
                 )));
@@ -34,6 +39,21 @@ impl Query {
             .iter()
             .find(|(known, _)| known == name)
             .map(|(_, value)| value.as_str())
+    }
+
+    /// Every value of `name`, in the order given (a [`REPEATABLE`] name may have several).
+    pub fn get_all<'q>(&'q self, name: &'q str) -> impl Iterator<Item = &'q str> + 'q {
+        self.pairs
+            .iter()
+            .filter(move |(known, _)| known == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Every parameter, in the order given.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
     }
 
     /// The value of a parameter that must be present.

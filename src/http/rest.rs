@@ -7,13 +7,15 @@ use serde::Deserialize;
 use tiny_http::Request;
 
 use crate::context::Context;
+use crate::describe::{Status, parse_meta, validate_tag};
 use crate::error::{Error, Result};
 use crate::etcd::CustomEvent;
+use crate::http::query::Query;
 use crate::http::route::Route;
 use crate::hub::{Audience, Health};
-use crate::message::json_string;
+use crate::message::{json_string, nodes_json};
 use crate::metrics;
-use crate::names::{MAX_MONITORED, validate_service};
+use crate::names::{MAX_MONITORED, Node, validate_service};
 
 /// How long reads made while hound is still starting wait for its first view of etcd.
 const STARTUP_GRACE: Duration = Duration::from_secs(2);
@@ -94,12 +96,7 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
                 .collect();
             ok(format!("{{\"services\":[{}]}}", names.join(",")))
         }
-        Route::ServiceNodes(service) => {
-            validate_service(service)?;
-            require_mirror(context)?;
-            let membership = context.hub.membership(service);
-            ok(format!("{{\"services\":{}}}", membership.json()))
-        }
+        Route::ServiceNodes(service) => service_nodes(context, service, &Query::default()),
         Route::Event => {
             let (event, size) = read_event(request)?;
             if let Some(client) = request.remote_addr()
@@ -113,7 +110,7 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
         }
         Route::Metrics => Ok(Reply {
             status: 200,
-            body: metrics::render(context.hub.socket_gauges()),
+            body: metrics::render(context.hub.socket_gauges(), context.hub.node_gauges()),
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             extra_headers: &[],
         }),
@@ -130,6 +127,105 @@ pub fn answer(context: &Context, request: &mut Request, route: &Route) -> Result
         Route::Register | Route::Monitor => Err(Error::UpgradeRequired),
         // Answered by `http::dispatch` (the stream) and `http::discovery`.
         Route::Watch | Route::PrometheusSd => Err(Error::NotFound(route.label().into())),
+    }
+}
+
+/// `GET /etcd/services/:service[?tag=T…&meta.KEY=V…&status=S…]`: the service's nodes, all of
+/// them from the shared cached JSON, or those the filters admit.
+pub fn service_nodes(context: &Context, service: &str, query: &Query) -> Result<Reply> {
+    validate_service(service)?;
+    let filter = NodeFilter::parse(query)?;
+    require_mirror(context)?;
+    if filter.admits_all() {
+        let membership = context.hub.membership(service);
+        return ok(format!("{{\"services\":{}}}", membership.json()));
+    }
+    let nodes = context
+        .hub
+        .nodes_by_service(Some(&[service.to_owned()]))
+        .pop()
+        .map(|(_, nodes)| nodes)
+        .unwrap_or_default();
+    let admitted: Vec<&Node> = nodes.iter().filter(|node| filter.admits(node)).collect();
+    ok(format!("{{\"services\":{}}}", nodes_json(&admitted)))
+}
+
+/// The filters of `GET /etcd/services/:service`: every `tag` must be among the node's tags,
+/// every `meta.KEY` must equal the node's, and its status must be one of the `status` values
+/// (any, when none is given).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NodeFilter {
+    tags: Vec<String>,
+    meta: Vec<(String, String)>,
+    statuses: Vec<Status>,
+}
+
+impl NodeFilter {
+    /// Reads the filters; a malformed tag, meta key or status is a 400.
+    pub fn parse(query: &Query) -> Result<NodeFilter> {
+        let mut filter = NodeFilter::default();
+        for tag in query.get_all("tag") {
+            validate_tag(tag)?;
+            filter.tags.push(tag.to_owned());
+        }
+        filter.meta = parse_meta(query.pairs())?;
+        for status in query.get_all("status") {
+            filter.statuses.push(Status::parse(status)?);
+        }
+        Ok(filter)
+    }
+
+    fn admits_all(&self) -> bool {
+        *self == NodeFilter::default()
+    }
+
+    pub fn admits(&self, node: &Node) -> bool {
+        self.tags.iter().all(|tag| node.tags().contains(tag))
+            && self
+                .meta
+                .iter()
+                .all(|pair| node.meta().iter().any(|own| own == pair))
+            && (self.statuses.is_empty() || self.statuses.contains(&node.health()))
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    fn filter(query: &str) -> Result<NodeFilter> {
+        NodeFilter::parse(&Query::parse(query)?)
+    }
+
+    #[test]
+    fn filters_admit_what_matches_every_rule() {
+        let mut node = Node::parse_value("10.0.0.1:80").unwrap();
+        node.about.tags = vec!["a".into(), "b".into()];
+        node.about.meta = vec![("zone".into(), "eu".into())];
+        assert!(filter("").unwrap().admits_all());
+        for admitted in [
+            "tag=a",
+            "tag=a&tag=b",
+            "meta.zone=eu",
+            "status=passing",
+            "status=critical&status=passing",
+        ] {
+            assert!(filter(admitted).unwrap().admits(&node), "{admitted}");
+        }
+        for refused in [
+            "tag=c",
+            "tag=a&tag=c",
+            "meta.zone=us",
+            "meta.rack=1",
+            "status=warning",
+        ] {
+            assert!(!filter(refused).unwrap().admits(&node), "{refused}");
+        }
+        node.about.status = Some(Status::Draining);
+        assert!(filter("status=draining").unwrap().admits(&node));
+        for bad in ["tag=", "tag=a%20b", "status=up", "meta.a.b=1"] {
+            assert_eq!(filter(bad).unwrap_err().status(), 400, "{bad}");
+        }
     }
 }
 

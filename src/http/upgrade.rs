@@ -5,6 +5,8 @@
 use tiny_http::Request;
 use tungstenite::handshake::derive_accept_key;
 
+use crate::check::{CheckSpec, NOT_CHECKED_YET};
+use crate::describe::{Description, Status, parse_meta, parse_tags, parse_weight};
 use crate::error::{Error, Result};
 use crate::http::query::Query;
 use crate::http::route::Route;
@@ -20,7 +22,7 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
             .find(|h| h.field.equiv(name))
             .map(|h| h.value.as_str().to_owned())
     };
-    let (registration, services) = parameters(route, query)?;
+    let (registration, services, check) = parameters(route, query)?;
     let campaign = campaign(route, query)?;
     let upgrade = header("Upgrade").unwrap_or_default();
     if !upgrade
@@ -49,6 +51,7 @@ pub fn plan(request: &Request, route: &Route, query: &Query) -> Result<SocketPla
         registration,
         campaign,
         services,
+        check,
         protocol: Protocol::WebSocket {
             accept_key: derive_accept_key(key.trim().as_bytes()),
         },
@@ -62,7 +65,7 @@ pub fn event_stream_plan(request: &Request, route: &Route, query: &Query) -> Res
     if request.method() != &tiny_http::Method::Get {
         return Err(Error::MethodNotAllowed("GET"));
     }
-    let (registration, services) = parameters(route, query)?;
+    let (registration, services, check) = parameters(route, query)?;
     let accept = request
         .headers()
         .iter()
@@ -77,6 +80,7 @@ pub fn event_stream_plan(request: &Request, route: &Route, query: &Query) -> Res
         registration,
         campaign: false,
         services,
+        check,
         protocol: Protocol::EventStream,
         route: route.label(),
     })
@@ -98,7 +102,8 @@ fn accepts_event_stream(accept: &str) -> bool {
     })
 }
 
-type Parameters = (Option<(String, Node)>, Vec<String>);
+/// The node to register (with its check, if any) and the services the socket hears about.
+type Parameters = (Option<(String, Node)>, Vec<String>, Option<CheckSpec>);
 
 /// Checks the query parameters of the register and monitor routes.
 pub fn parameters(route: &Route, query: &Query) -> Result<Parameters> {
@@ -114,17 +119,38 @@ pub fn parameters(route: &Route, query: &Query) -> Result<Parameters> {
                     services.push(monitored);
                 }
             }
-            Ok((Some((service.to_owned(), Node { host, port })), services))
+            let about = description(query)?;
+            let mut node = Node { host, port, about };
+            let check = CheckSpec::parse(query, &node)?;
+            if check.is_some() {
+                // A checked node starts critical; its first good check makes it passing.
+                node.about.status = Some(Status::Critical);
+                node.about.note = Some(NOT_CHECKED_YET.to_owned());
+            }
+            Ok((Some((service.to_owned(), node)), services, check))
         }
         Route::Monitor | Route::Watch => {
             let services = parse_monitor_list(query.require("monitor")?)?;
             if services.is_empty() {
                 return Err(Error::BadRequest("monitor names no service".into()));
             }
-            Ok((None, services))
+            Ok((None, services, None))
         }
         _ => Err(Error::NotFound("not a WebSocket route".into())),
     }
+}
+
+/// What a registration says about its node: `tags`, `weight` and `meta.KEY` (all optional).
+fn description(query: &Query) -> Result<Description> {
+    let mut about = Description::default();
+    if let Some(tags) = query.get("tags") {
+        about.tags = parse_tags(tags)?;
+    }
+    if let Some(weight) = query.get("weight") {
+        about.weight = parse_weight(weight)?;
+    }
+    about.meta = parse_meta(query.pairs())?;
+    Ok(about)
 }
 
 /// `campaign=1` on the register route: the node campaigns for leadership of its service
@@ -154,7 +180,7 @@ mod tests {
 
     #[test]
     fn register_parameters() {
-        let (registration, services) = params(
+        let (registration, services, check) = params(
             Route::Register,
             "service=api&ip=::1&port=8080&monitor=db,api",
         )
@@ -165,6 +191,7 @@ mod tests {
             ("api", "[::1]:8080")
         );
         assert_eq!(services, ["api", "db"]);
+        assert_eq!(check, None);
     }
 
     #[test]

@@ -54,12 +54,14 @@ pub fn websocket_config() -> WebSocketConfig {
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
 }
 
-/// Serves one upgraded socket until it ends.
+/// Serves one upgraded socket until it ends. Each text frame the client sends goes to
+/// `on_text` (a register socket's status reports); it must not block.
 pub fn serve(
     mut ws: WebSocket<UpgradedStream>,
     inbox: Receiver<Frame>,
     doorbell: &Doorbell,
     ping_interval: Duration,
+    on_text: &mut dyn FnMut(&str),
 ) -> Ending {
     let mut next_ping = Instant::now() + ping_interval;
     let mut unanswered_pings = 0u32;
@@ -129,8 +131,12 @@ pub fn serve(
                         return closing
                             .map_or(Ending::ClientClosed, |(code, _)| Ending::Closed(code));
                     }
-                    // Any frame proves the peer alive; text and binary frames carry nothing
-                    // hound acts on and are ignored.
+                    // Any frame proves the peer alive; a text frame may be a status report,
+                    // and binary frames carry nothing hound acts on.
+                    Ok(Message::Text(text)) => {
+                        unanswered_pings = 0;
+                        on_text(text.as_str());
+                    }
                     Ok(_) => unanswered_pings = 0,
                     Err(tungstenite::Error::Io(err)) if would_block(&err) => break,
                     Err(tungstenite::Error::Capacity(_)) => {

@@ -171,7 +171,7 @@ fn etcd_and_namespace_come_from_env() {
     let entry = client
         .get(&format!("{namespace}/api/10.0.0.1:80"))
         .expect("registration under HOUND_NAMESPACE");
-    assert_eq!(entry.value, "10.0.0.1:80");
+    assert_eq!(entry.value, naming_value("10.0.0.1:80"));
 }
 
 #[test]

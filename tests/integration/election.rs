@@ -240,6 +240,151 @@ fn a_takeover_of_the_leader_keeps_the_lead_on_embedded() {
     a_takeover_of_the_leader_keeps_the_lead(Backend::Embedded);
 }
 
+/// Reads service events for `service` until its only node reads as `wanted`; LEADER messages
+/// on the way are returned (the membership and the election are watched apart, so their
+/// order is not fixed).
+fn until_node(ws: &mut Ws, service: &str, wanted: &Value) -> Vec<Value> {
+    let deadline = Instant::now() + PROMPT;
+    let mut leaders = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receive(ws, left) {
+            Received::Json(message) if message["body"]["key_event"] == "LEADER" => {
+                leaders.push(message);
+            }
+            Received::Json(message) => {
+                assert_eq!(message["namespace"], service, "{message}");
+                if message["body"]["services"] == json!([wanted]) {
+                    return leaders;
+                }
+            }
+            other => panic!("{service} never read {wanted}: {other:?}"),
+        }
+    }
+}
+
+/// Both features on one registration: a campaigner with tags, a weight, meta and a tcp check.
+/// Its registration's value carries its description and status (etcd's naming JSON), while its
+/// campaign's value stays the plain `ip:port` etcd's election protocol has, so LEADER names
+/// it by address alone. A campaigning takeover with another description and no check keeps
+/// the lead and the lease, and writes what the new registration says; the old check writes
+/// nothing more.
+fn a_described_and_checked_campaigner_leads_by_its_address(backend: Backend) {
+    let hound = backend.start(&["--ttl", "30"]);
+    let mut watcher = monitor_synced(&hound, &["api"]);
+    let mut port = CheckedPort::open();
+    let number = port.addr().port();
+    let number_text = number.to_string();
+    let path = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            ("service", "api"),
+            ("ip", "127.0.0.1"),
+            ("port", number_text.as_str()),
+            ("campaign", "1"),
+        ];
+        pairs.extend_from_slice(extra);
+        format!("/etcd/register?{}", query(&pairs))
+    };
+    let described = [
+        ("tags", "v2,canary"),
+        ("weight", "10"),
+        ("meta.zone", "eu-1"),
+        ("check", "tcp"),
+        ("check_interval", "1"),
+    ];
+    let mut older = ws_open(&hound, &path(&described));
+    let sync = next_json(&mut older, PROMPT);
+    assert_eq!(
+        sync["body"]["services"][0],
+        json!({"ip": "127.0.0.1", "port": number, "tags": ["v2", "canary"], "weight": 10,
+               "meta": {"zone": "eu-1"}, "status": "critical", "note": "not checked yet"}),
+        "{sync}"
+    );
+    let own = next_json(&mut older, PROMPT);
+    let first_rev = rev(&own);
+    assert_eq!(
+        own,
+        leader_event("api", node("127.0.0.1", number), first_rev)
+    );
+    assert_eq!(rest_leader(&hound, "api"), as_rest(&own));
+    let passing = json!({"ip": "127.0.0.1", "port": number, "tags": ["v2", "canary"],
+                         "weight": 10, "meta": {"zone": "eu-1"}, "status": "passing"});
+    let mut heard = until_node(&mut watcher, "api", &passing);
+    if heard.is_empty() {
+        // The election's watch may deliver after the check's write.
+        heard.push(next_leader(&mut watcher, "api", PROMPT));
+    }
+    assert_eq!(heard.len(), 1, "one LEADER: {heard:?}");
+    assert_eq!(heard[0], own);
+    expect_no_leader(&mut older, QUIET);
+    let held_on = hound.etcd().map(|etcd| {
+        let mut client = etcd.client();
+        let registration = client
+            .get(&hound.key("api", &format!("127.0.0.1:{number}")))
+            .expect("registered");
+        let value: Value = serde_json::from_str(&registration.value).unwrap();
+        assert_eq!(value["Addr"], format!("127.0.0.1:{number}"));
+        assert_eq!(value["Metadata"]["tags"], json!(["v2", "canary"]));
+        assert_eq!(value["Metadata"]["status"], "passing");
+        let campaigns = client.get_prefix("election/api/");
+        assert_eq!(campaigns.len(), 1, "{campaigns:?}");
+        assert_eq!(
+            campaigns[0].value,
+            format!("127.0.0.1:{number}"),
+            "the campaign's value is etcdctl's plain address"
+        );
+        assert_eq!(campaigns[0].lease, registration.lease);
+        registration.lease
+    });
+
+    // Taken over by a campaigner with another description and no check.
+    let mut newer = ws_open(&hound, &path(&[("tags", "v3")]));
+    assert_eq!(
+        read_close(&mut older, PROMPT).map(|(code, _)| code),
+        Some(4000)
+    );
+    let plain = json!({"ip": "127.0.0.1", "port": number, "tags": ["v3"]});
+    let sync = next_json(&mut newer, PROMPT);
+    assert_eq!(sync["body"]["services"], json!([plain]), "{sync}");
+    assert_eq!(
+        next_json(&mut newer, PROMPT),
+        own,
+        "it still leads, same rev"
+    );
+    assert!(until_node(&mut watcher, "api", &plain).is_empty());
+    if let (Some(etcd), Some(lease)) = (hound.etcd(), held_on) {
+        let mut client = etcd.client();
+        let registration = client
+            .get(&hound.key("api", &format!("127.0.0.1:{number}")))
+            .expect("still registered");
+        assert_eq!(registration.lease, lease, "the same lease");
+        let value: Value = serde_json::from_str(&registration.value).unwrap();
+        assert_eq!(
+            value,
+            json!({"Addr": format!("127.0.0.1:{number}"), "Metadata": {"tags": ["v3"]}})
+        );
+        let campaigns = client.get_prefix("election/api/");
+        assert_eq!(campaigns.len(), 1, "{campaigns:?}");
+        assert_eq!(campaigns[0].value, format!("127.0.0.1:{number}"));
+    }
+    // The old check has stopped: a closed port changes nothing for two check intervals.
+    port.close();
+    expect_no_message(&mut watcher, Duration::from_secs(2) + QUIET);
+    assert_eq!(rest_leader(&hound, "api"), as_rest(&own));
+}
+
+#[test]
+fn a_described_and_checked_campaigner_leads_by_its_address_on_etcd() {
+    let _w = watchdog();
+    a_described_and_checked_campaigner_leads_by_its_address(Backend::Etcd);
+}
+
+#[test]
+fn a_described_and_checked_campaigner_leads_by_its_address_on_embedded() {
+    let _w = watchdog();
+    a_described_and_checked_campaigner_leads_by_its_address(Backend::Embedded);
+}
+
 /// The leading campaigner's hound is SIGKILLed: its lease is not revoked, so the next
 /// campaigner (through another hound) leads once the lease expires, after about the TTL, and
 /// monitors of the surviving hound hear of it with a higher rev.

@@ -117,7 +117,7 @@ fn sockets_outlive_an_etcd_outage(outage: Outage) {
             "new lease"
         }
     );
-    assert_eq!(entry.value, "10.0.0.1:80");
+    assert_eq!(entry.value, naming_value("10.0.0.1:80"));
     assert_eq!(hound.get("/etcd/leader").status, 200);
 
     // Both sockets are still open and hear of a new node.
@@ -168,7 +168,7 @@ fn a_revoked_lease_is_replaced_by_a_new_registration_within_one_ttl() {
         took <= Duration::from_secs(TTL) + Duration::from_millis(1500),
         "the node came back {took:?} after its lease was revoked; the TTL is {TTL} s"
     );
-    assert_eq!(entry.value, "10.0.0.1:80");
+    assert_eq!(entry.value, naming_value("10.0.0.1:80"));
     assert_eq!(client.lease_granted_ttl(entry.lease), Some(TTL as i64));
     // Others saw it expire and come back.
     expect_message(&mut watcher, &key_event("api", "EXPIRE", &[]));
@@ -252,7 +252,7 @@ fn registrations_come_back_and_every_socket_resyncs(wipe: Wipe) {
             "every open registration to be written again",
             || client.get(&hound.key(service, node)),
         );
-        assert_eq!(entry.value, node);
+        assert_eq!(entry.value, naming_value(node));
         assert_ne!(entry.lease, 0, "registered again with a lease");
     }
     eprintln!(

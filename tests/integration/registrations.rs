@@ -51,7 +51,7 @@ fn a_node_registered_through_two_hounds_stays_registered_while_either_socket_liv
     let back = closed.elapsed();
     eprintln!("two hounds: B's socket closed; A put the key back after {back:?}");
     assert!(back <= Duration::from_secs(TTL), "missing for {back:?}");
-    assert_eq!(entry.value, "10.0.0.1:80");
+    assert_eq!(entry.value, naming_value("10.0.0.1:80"));
     expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
     assert_eq!(a.metric("hound_registrations"), 1.0);
 

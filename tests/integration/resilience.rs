@@ -58,7 +58,8 @@ fn a_watch_gap_behind_a_compaction_ends_in_a_sync_of_the_real_membership() {
             .get_prefix(&format!("{}/{service}/", hound.namespace()))
             .iter()
             .map(|entry| {
-                let (ip, port) = entry.value.rsplit_once(':').expect("host:port");
+                let addr = addr_of(&entry.value);
+                let (ip, port) = addr.rsplit_once(':').expect("host:port");
                 (ip.to_owned(), port.parse().expect("port"))
             })
             .collect();

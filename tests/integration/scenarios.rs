@@ -145,7 +145,7 @@ fn register_syncs_lists_and_deregisters_on_close(backend: Backend) {
         let entry = client
             .get(&hound.key("api", "10.0.0.1:80"))
             .expect("key is in etcd right after the handshake");
-        assert_eq!(entry.value, "10.0.0.1:80");
+        assert_eq!(entry.value, naming_value("10.0.0.1:80"));
         assert_ne!(entry.lease, 0, "the key is attached to a lease");
         assert_eq!(client.lease_granted_ttl(entry.lease), Some(30));
     }
@@ -319,7 +319,7 @@ fn ipv6_host_names_and_ports_coexist_sorted(backend: Backend) {
             let entry = client
                 .get(&hound.key("web", host_port))
                 .unwrap_or_else(|| panic!("no key ending in {host_port}"));
-            assert_eq!(entry.value, host_port);
+            assert_eq!(entry.value, naming_value(host_port));
         }
     }
 

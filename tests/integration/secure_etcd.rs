@@ -275,7 +275,7 @@ fn assert_registers_end_to_end(hound: &Hound, etcd: &mut EtcdClient) {
     let entry = etcd
         .get(&hound.key("api", "10.0.0.1:80"))
         .expect("the registration is in etcd");
-    assert_eq!(entry.value, "10.0.0.1:80");
+    assert_eq!(entry.value, naming_value("10.0.0.1:80"));
     assert_ne!(entry.lease, 0, "the registration is on a lease");
     assert_eq!(hound.nodes("api"), pairs(&[("10.0.0.1", 80)]));
     close(node);

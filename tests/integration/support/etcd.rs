@@ -736,3 +736,21 @@ fn entry(kv: &etcd_client::KeyValue) -> Entry {
         lease: kv.lease(),
     }
 }
+
+/// The value hound writes for a node at `host_port` that sets nothing else: etcd's naming
+/// `Endpoint` JSON, `{"Addr":"host:port"}`.
+pub fn naming_value(host_port: &str) -> String {
+    serde_json::json!({ "Addr": host_port }).to_string()
+}
+
+/// The address a registration value names: the `Addr` of etcd's naming JSON (what hound
+/// writes), or a plain 1.0 `host:port` (what tests write themselves).
+pub fn addr_of(value: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(parsed) => parsed["Addr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{value:?} has no Addr"))
+            .to_owned(),
+        Err(_) => value.to_owned(),
+    }
+}

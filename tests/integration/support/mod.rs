@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Not every test module uses every helper.
 
 mod backend;
+mod checked;
 mod dns;
 mod etcd;
 mod hound;
@@ -20,6 +21,7 @@ mod ws;
 mod ws_pool;
 
 pub use backend::*;
+pub use checked::*;
 pub use dns::*;
 pub use etcd::*;
 pub use hound::*;
