@@ -303,6 +303,12 @@ pub(super) struct Kept {
 /// lives (another hound's registration of the same node ended, say), puts it back. Both
 /// writes are made only if no lease holds the key: a keeper never takes it from another.
 pub(super) async fn keep_alive(members: Members, kept: Kept, lease: Rc<Lease>) {
+    // A keeper lives as long as its registration, and its task reserves room for the largest
+    // state it can be in for all that time: unboxed, the etcd requests of its rare branches
+    // (a new lease, a key put back) and of opening the stream made it 18 KiB per registration,
+    // mostly never touched (and resident all the same where the allocator reused memory other
+    // work had touched, a status write's say). Boxed, those requests take memory only while
+    // they run (docs/performance.md, section 7).
     let key = kept.key.as_str();
     let schedule = Schedule::for_ttl(kept.ttl);
     let mut backoff = Backoff::new();
@@ -316,7 +322,7 @@ pub(super) async fn keep_alive(members: Members, kept: Kept, lease: Rc<Lease>) {
     loop {
         if lost {
             let deadline = Instant::now() + schedule.ttl();
-            match grant(&members, kept.ttl, deadline).await {
+            match Box::pin(grant(&members, kept.ttl, deadline)).await {
                 Ok(id) => {
                     lease.set(id);
                     (lost, put_back, regranted) = (false, true, true);
@@ -332,7 +338,7 @@ pub(super) async fn keep_alive(members: Members, kept: Kept, lease: Rc<Lease>) {
         }
         if put_back {
             let deadline = Instant::now() + schedule.ttl();
-            match put_key_back(&members, &kept, &lease, deadline).await {
+            match Box::pin(put_key_back(&members, &kept, &lease, deadline)).await {
                 Ok(Written::At(_)) if regranted => {
                     log::info!("registered {key} again with a new lease");
                 }
@@ -584,7 +590,9 @@ async fn keep_on(
     // Opening the stream sends the first refresh and waits for its answer.
     let within = schedule.answer_within(*unanswered);
     let mut client = member.client.clone();
-    let (mut keeper, mut answers) = match timeout(within, client.lease_keep_alive(lease)).await {
+    // Boxed for the same reason as the keeper's rare branches: opening is brief, the stream long.
+    let opening = Box::pin(client.lease_keep_alive(lease));
+    let (mut keeper, mut answers) = match timeout(within, opening).await {
         Ok(Ok(pair)) => pair,
         // etcd-client's way of saying etcd answered TTL 0 to the first refresh.
         Ok(Err(etcd_client::Error::LeaseKeepAliveError(why))) if why == "lease not found" => {

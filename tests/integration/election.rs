@@ -371,6 +371,24 @@ fn a_described_and_checked_campaigner_leads_by_its_address(backend: Backend) {
     port.close();
     expect_no_message(&mut watcher, Duration::from_secs(2) + QUIET);
     assert_eq!(rest_leader(&hound, "api"), as_rest(&own));
+    // A status the new socket reports changes the node as the new registration describes it.
+    let report = r#"{"status":"warning","note":"slow disk"}"#;
+    newer
+        .send(tungstenite::Message::Text(report.into()))
+        .expect("send a status frame");
+    let warned = json!({"ip": "127.0.0.1", "port": number, "tags": ["v3"], "status": "warning",
+                        "note": "slow disk"});
+    assert!(until_node(&mut watcher, "api", &warned).is_empty());
+    if let Some(etcd) = hound.etcd() {
+        let registration = etcd
+            .client()
+            .get(&hound.key("api", &format!("127.0.0.1:{number}")))
+            .expect("still registered");
+        let value: Value = serde_json::from_str(&registration.value).unwrap();
+        assert_eq!(value["Metadata"]["tags"], json!(["v3"]), "{value}");
+        assert_eq!(value["Metadata"]["status"], "warning", "{value}");
+    }
+    expect_no_leader(&mut watcher, QUIET);
 }
 
 #[test]
