@@ -17,6 +17,9 @@ const FAULT: Duration = Duration::from_secs(5);
 const PROMPTLY: Duration = Duration::from_secs(2);
 /// How long to keep checking after the member is back: it must not take anything with it.
 const AFTER: Duration = Duration::from_secs(1);
+/// What hound may take past the moment etcd answers again, when etcd's own election outlasts
+/// `PROMPTLY` less this (the read that sees it is polled every 0.1 s).
+const SINCE_ETCD_ANSWERS: Duration = Duration::from_millis(600);
 
 /// What a fault test does to the member both hounds use.
 #[derive(Debug, Clone, Copy)]
@@ -205,11 +208,16 @@ fn a_member_fault_costs_nothing(fault: Fault) {
     let mut deleted = None;
     let mut polls = 0;
     let mut back = None;
+    // When a linearizable read through a surviving member first worked again: with the leader
+    // killed, etcd itself can take no write until it has elected another (about 1 s, longer
+    // on a loaded machine), so hound's promptness is measured from then if that is later.
+    let mut etcd_answers: Option<Duration> = None;
     while back.is_none_or(|back: Instant| back.elapsed() < AFTER) {
         // While the cluster elects a leader, etcd itself cannot answer reads: ask again.
         match direct.try_get_prefix(&hound.prefix()) {
             Ok(entries) => {
                 polls += 1;
+                etcd_answers.get_or_insert(struck.elapsed());
                 for (key, lease) in &leases {
                     let entry = entries.iter().find(|e| &e.key == key);
                     assert_eq!(
@@ -243,10 +251,16 @@ fn a_member_fault_costs_nothing(fault: Fault) {
     let mut new_socket = outcome.unwrap_or_else(|response| {
         panic!("a registration during the fault was refused after {took:?}: {response:?}")
     });
-    eprintln!("failover ({fault:?}): registration during the fault took {took:?}");
+    let etcd_answers = etcd_answers.unwrap_or_default();
+    let allowed = PROMPTLY.max(etcd_answers + SINCE_ETCD_ANSWERS);
+    eprintln!(
+        "failover ({fault:?}): registration during the fault took {took:?} (etcd answered \
+         reads again {etcd_answers:?} into the fault)"
+    );
     assert!(
-        took < PROMPTLY,
-        "a registration during the fault took {took:?}"
+        took < allowed,
+        "a registration during the fault took {took:?}; etcd answered again after \
+         {etcd_answers:?}"
     );
     // Its SYNC lists every live node and itself (and the closed one, if its deletion reached
     // etcd after this registration: the two raced).
@@ -271,8 +285,9 @@ fn a_member_fault_costs_nothing(fault: Fault) {
         eprintln!("failover ({fault:?}): close → DELETE at hound's own monitor took {own:?}");
     }
     assert!(
-        delete_took < PROMPTLY,
-        "the close reached the observer as DELETE after {delete_took:?}"
+        delete_took < allowed,
+        "the close reached the observer as DELETE after {delete_took:?}; etcd answered again \
+         after {etcd_answers:?}"
     );
     assert!(
         direct.get(&hound.key("api", "10.0.0.2:90")).is_none(),
