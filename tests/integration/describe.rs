@@ -11,25 +11,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// `scenario => scenario_on_etcd, scenario_on_embedded;` as in `scenarios.rs`.
-macro_rules! on_both_backends {
-    ($($scenario:ident => $on_etcd:ident, $on_embedded:ident;)+) => {
-        $(
-            #[test]
-            fn $on_etcd() {
-                let _w = watchdog();
-                $scenario(Backend::Etcd);
-            }
-
-            #[test]
-            fn $on_embedded() {
-                let _w = watchdog();
-                $scenario(Backend::Embedded);
-            }
-        )+
-    };
-}
-
 on_both_backends! {
     described_nodes_carry_what_they_set
         => described_nodes_carry_what_they_set_on_etcd,

@@ -11,25 +11,6 @@ use tungstenite::Message;
 
 use crate::support::*;
 
-/// `scenario => scenario_on_etcd, scenario_on_embedded;` as in `scenarios.rs`.
-macro_rules! on_both_backends {
-    ($($scenario:ident => $on_etcd:ident, $on_embedded:ident;)+) => {
-        $(
-            #[test]
-            fn $on_etcd() {
-                let _w = watchdog();
-                $scenario(Backend::Etcd);
-            }
-
-            #[test]
-            fn $on_embedded() {
-                let _w = watchdog();
-                $scenario(Backend::Embedded);
-            }
-        )+
-    };
-}
-
 on_both_backends! {
     reported_statuses_are_puts_and_filter_discovery
         => reported_statuses_are_puts_and_filter_discovery_on_etcd,

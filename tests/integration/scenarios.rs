@@ -10,54 +10,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// Whether `test` is `scenario` followed by `suffix`: checked at compile time, so every
-/// generated test is named `<scenario>_on_etcd` / `<scenario>_on_embedded`.
-const fn named_after(test: &str, scenario: &str, suffix: &str) -> bool {
-    let (test, scenario, suffix) = (test.as_bytes(), scenario.as_bytes(), suffix.as_bytes());
-    if test.len() != scenario.len() + suffix.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < test.len() {
-        let expected = if i < scenario.len() {
-            scenario[i]
-        } else {
-            suffix[i - scenario.len()]
-        };
-        if test[i] != expected {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// `scenario => scenario_on_etcd, scenario_on_embedded;` makes one `#[test]` per backend, each
-/// under the usual watchdog.
-macro_rules! on_both_backends {
-    ($($scenario:ident => $on_etcd:ident, $on_embedded:ident;)+) => {
-        $(
-            const _: () = assert!(
-                named_after(stringify!($on_etcd), stringify!($scenario), "_on_etcd")
-                    && named_after(stringify!($on_embedded), stringify!($scenario), "_on_embedded"),
-                "tests must be named <scenario>_on_etcd and <scenario>_on_embedded"
-            );
-
-            #[test]
-            fn $on_etcd() {
-                let _w = watchdog();
-                $scenario(Backend::Etcd);
-            }
-
-            #[test]
-            fn $on_embedded() {
-                let _w = watchdog();
-                $scenario(Backend::Embedded);
-            }
-        )+
-    };
-}
-
 on_both_backends! {
     register_syncs_lists_and_deregisters_on_close
         => register_syncs_lists_and_deregisters_on_close_on_etcd,

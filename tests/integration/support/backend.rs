@@ -97,3 +97,53 @@ impl std::ops::DerefMut for BackendHound {
         &mut self.hound
     }
 }
+
+/// Whether `test` is `scenario` followed by `suffix`: checked at compile time, so every
+/// generated test is named `<scenario>_on_etcd` / `<scenario>_on_embedded`.
+pub const fn named_after(test: &str, scenario: &str, suffix: &str) -> bool {
+    let (test, scenario, suffix) = (test.as_bytes(), scenario.as_bytes(), suffix.as_bytes());
+    if test.len() != scenario.len() + suffix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < test.len() {
+        let expected = if i < scenario.len() {
+            scenario[i]
+        } else {
+            suffix[i - scenario.len()]
+        };
+        if test[i] != expected {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `scenario => scenario_on_etcd, scenario_on_embedded;` makes one `#[test]` per backend, each
+/// under the usual watchdog.
+#[allow(unused_macros)] // The soak shares this harness and has no scenarios.
+macro_rules! on_both_backends {
+    ($($scenario:ident => $on_etcd:ident, $on_embedded:ident;)+) => {
+        $(
+            const _: () = assert!(
+                $crate::support::named_after(stringify!($on_etcd), stringify!($scenario), "_on_etcd")
+                    && $crate::support::named_after(stringify!($on_embedded), stringify!($scenario), "_on_embedded"),
+                "tests must be named <scenario>_on_etcd and <scenario>_on_embedded"
+            );
+
+            #[test]
+            fn $on_etcd() {
+                let _w = watchdog();
+                $scenario(Backend::Etcd);
+            }
+
+            #[test]
+            fn $on_embedded() {
+                let _w = watchdog();
+                $scenario(Backend::Embedded);
+            }
+        )+
+    };
+}
+pub(crate) use on_both_backends;
