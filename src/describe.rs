@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
+use crate::names::{parse_distinct, parse_u16_from_1};
 
 /// The most tags one node may carry.
 pub const MAX_TAGS: usize = 32;
@@ -164,30 +165,12 @@ pub fn validate_tag(tag: &str) -> Result<()> {
 /// Parses `tags=a,b`: comma-separated tags, empty items ignored (as in `monitor`), duplicates
 /// dropped, at most [`MAX_TAGS`].
 pub fn parse_tags(list: &str) -> Result<Vec<String>> {
-    let mut tags: Vec<String> = Vec::new();
-    for tag in list.split(',').filter(|tag| !tag.is_empty()) {
-        validate_tag(tag)?;
-        if !tags.iter().any(|known| known == tag) {
-            tags.push(tag.to_owned());
-        }
-    }
-    if tags.len() > MAX_TAGS {
-        return Err(Error::BadRequest(format!(
-            "tags lists more than {MAX_TAGS} tags"
-        )));
-    }
-    Ok(tags)
+    parse_distinct(list.split(','), MAX_TAGS, "tags", "tags", validate_tag)
 }
 
 /// Parses `weight=N`: an integer 1–65535 in decimal digits only.
 pub fn parse_weight(text: &str) -> Result<u16> {
-    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    match text.parse::<u16>() {
-        Ok(weight) if weight != 0 && digits_only => Ok(weight),
-        _ => Err(Error::BadRequest(format!(
-            "weight {text:?} is not an integer from 1 to 65535"
-        ))),
-    }
+    parse_u16_from_1(text, "weight")
 }
 
 /// Whether `byte` may appear in a meta key: `A-Z a-z 0-9 _ -`.

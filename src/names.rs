@@ -46,34 +46,53 @@ pub const EVERY_SERVICE: &str = "*";
 /// Parses the `monitor` list: comma-separated names (or `*` for every service), empty items
 /// ignored, duplicates dropped, at most [`MAX_MONITORED`] names.
 pub fn parse_monitor_list(list: &str) -> Result<Vec<String>> {
-    let mut names: Vec<String> = Vec::new();
-    for item in list
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-    {
-        if item != EVERY_SERVICE {
-            validate_service(item)?;
+    let items = list.split(',').map(str::trim);
+    parse_distinct(items, MAX_MONITORED, "monitor", "services", |item| {
+        if item == EVERY_SERVICE {
+            Ok(())
+        } else {
+            validate_service(item)
         }
-        if !names.iter().any(|known| known == item) {
-            names.push(item.to_owned());
+    })
+}
+
+/// The items of a list parameter that are not empty, each validated, duplicates dropped (the
+/// first kept), at most `max` of them: else 400 naming the `param` and its `items`.
+pub fn parse_distinct<'a>(
+    items: impl Iterator<Item = &'a str>,
+    max: usize,
+    param: &str,
+    what: &str,
+    validate: impl Fn(&str) -> Result<()>,
+) -> Result<Vec<String>> {
+    let mut kept: Vec<String> = Vec::new();
+    for item in items.filter(|item| !item.is_empty()) {
+        validate(item)?;
+        if !kept.iter().any(|known| known == item) {
+            kept.push(item.to_owned());
         }
     }
-    if names.len() > MAX_MONITORED {
+    if kept.len() > max {
         return Err(Error::BadRequest(format!(
-            "monitor lists more than {MAX_MONITORED} services"
+            "{param} lists more than {max} {what}"
         )));
     }
-    Ok(names)
+    Ok(kept)
 }
 
 /// Parses a port: an integer 1–65535, written in decimal digits only (no sign).
 pub fn parse_port(text: &str) -> Result<u16> {
+    parse_u16_from_1(text, "port")
+}
+
+/// Parses an integer 1–65535 written in decimal digits only (no sign): a port, a weight; else
+/// 400 naming `what`.
+pub fn parse_u16_from_1(text: &str, what: &str) -> Result<u16> {
     let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     match text.parse::<u16>() {
-        Ok(port) if port != 0 && digits_only => Ok(port),
+        Ok(value) if value != 0 && digits_only => Ok(value),
         _ => Err(Error::BadRequest(format!(
-            "port {text:?} is not an integer from 1 to 65535"
+            "{what} {text:?} is not an integer from 1 to 65535"
         ))),
     }
 }
