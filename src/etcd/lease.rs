@@ -7,13 +7,12 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use etcd_client::{
-    Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, sleep, timeout};
 
 use super::backoff::{Backoff, Throttle};
+use super::keepalive::{KeepAlives, Refreshed};
 use super::members::{Member, Members, lease_not_found, no_space};
 use crate::error::Result;
 use crate::keys::ElectionKeys;
@@ -269,7 +268,7 @@ pub(super) async fn delete(
     revoke(&members, lease, deadline).await;
 }
 
-/// How one keep-alive stream ended.
+/// Why a keeper stopped refreshing through one member.
 enum Ended {
     /// etcd says the lease is gone.
     LeaseGone,
@@ -279,7 +278,7 @@ enum Ended {
     Moved,
     /// The member did not answer within the schedule's deadline.
     Unanswered(Duration),
-    /// The stream failed.
+    /// The keep-alive stream failed.
     Failed(etcd_client::Error),
 }
 
@@ -296,13 +295,19 @@ pub(super) struct Kept {
 }
 
 /// Keeps one registration's lease alive for as long as the task runs (the registry aborts it
-/// when the registration ends). Each refresh goes through the current member; one that is not
+/// when the registration ends). Each refresh goes through the current member, on the stream
+/// all keepers share ([`KeepAlives`]); one that is not
 /// answered in time is sent again through another. If etcd no longer knows the lease (it
 /// expired while no member answered, or etcd lost its data), takes a fresh one, which it
 /// stores in `lease`, and writes the key on it again. If the key goes missing while the lease
 /// lives (another hound's registration of the same node ended, say), puts it back. Both
 /// writes are made only if no lease holds the key: a keeper never takes it from another.
-pub(super) async fn keep_alive(members: Members, kept: Kept, lease: Rc<Lease>) {
+pub(super) async fn keep_alive(
+    members: Members,
+    keep_alives: KeepAlives,
+    kept: Kept,
+    lease: Rc<Lease>,
+) {
     // A keeper lives as long as its registration, and its task reserves room for the largest
     // state it can be in for all that time: unboxed, the etcd requests of its rare branches
     // (a new lease, a key put back) and of opening the stream made it 18 KiB per registration,
@@ -372,6 +377,7 @@ pub(super) async fn keep_alive(members: Members, kept: Kept, lease: Rc<Lease>) {
             }
         };
         let kept_on = keep_on(
+            &keep_alives,
             &member,
             lease.id(),
             schedule,
@@ -576,10 +582,11 @@ mod hold {
     }
 }
 
-/// Refreshes `lease` through `member` every period until something ends the stream.
+/// Refreshes `lease` through `member` at once, then every period, until something ends it.
 /// After each refresh but the first (by then hound's watch has seen a write of the key),
 /// checks that the key is in the mirror.
 async fn keep_on(
+    keep_alives: &KeepAlives,
     member: &Member,
     lease: i64,
     schedule: Schedule,
@@ -587,57 +594,31 @@ async fn keep_on(
     backoff: &mut Backoff,
     in_mirror: &dyn Fn() -> bool,
 ) -> Ended {
-    // Opening the stream sends the first refresh and waits for its answer.
-    let within = schedule.answer_within(*unanswered);
-    let mut client = member.client.clone();
-    // Boxed for the same reason as the keeper's rare branches: opening is brief, the stream long.
-    let opening = Box::pin(client.lease_keep_alive(lease));
-    let (mut keeper, mut answers) = match timeout(within, opening).await {
-        Ok(Ok(pair)) => pair,
-        // etcd-client's way of saying etcd answered TTL 0 to the first refresh.
-        Ok(Err(etcd_client::Error::LeaseKeepAliveError(why))) if why == "lease not found" => {
-            return Ended::LeaseGone;
-        }
-        Ok(Err(err)) => return Ended::Failed(err),
-        Err(_) => {
-            *unanswered += 1;
-            return Ended::Unanswered(within);
-        }
-    };
-    *unanswered = 0;
-    backoff.reset();
-    // Runs until the stream ends; every pass sleeps a period.
+    let mut first = true;
+    // Runs until a refresh ends it; every pass but the first sleeps a period.
     loop {
-        sleep(schedule.period()).await;
+        if !first {
+            sleep(schedule.period()).await;
+        }
         let within = schedule.answer_within(*unanswered);
-        match refresh(&mut keeper, &mut answers, within).await {
-            Ok(true) if !in_mirror() => return Ended::KeyMissing,
-            Ok(true) => {}
-            Ok(false) => return Ended::LeaseGone,
-            Err(ended) => {
-                if matches!(ended, Ended::Unanswered(_)) {
-                    *unanswered += 1;
+        match timeout(within, keep_alives.refresh(member, lease)).await {
+            Ok(Refreshed::Alive) => {
+                *unanswered = 0;
+                if first {
+                    backoff.reset();
+                } else if !in_mirror() {
+                    return Ended::KeyMissing;
                 }
-                return ended;
+            }
+            Ok(Refreshed::Gone) => return Ended::LeaseGone,
+            Ok(Refreshed::Moved) => return Ended::Moved,
+            Ok(Refreshed::Failed(err)) => return Ended::Failed(err),
+            Err(_) => {
+                *unanswered += 1;
+                return Ended::Unanswered(within);
             }
         }
-    }
-}
-
-/// Sends one refresh and waits `within` for its answer: whether the lease is still alive.
-async fn refresh(
-    keeper: &mut LeaseKeeper,
-    answers: &mut LeaseKeepAliveStream,
-    within: Duration,
-) -> std::result::Result<bool, Ended> {
-    keeper.keep_alive().await.map_err(Ended::Failed)?;
-    match timeout(within, answers.message()).await {
-        Ok(Ok(Some(answer))) => Ok(answer.ttl() > 0),
-        Ok(Ok(None)) => Err(Ended::Failed(etcd_client::Error::LeaseKeepAliveError(
-            "keep-alive stream ended".into(),
-        ))),
-        Ok(Err(err)) => Err(Ended::Failed(err)),
-        Err(_) => Err(Ended::Unanswered(within)),
+        first = false;
     }
 }
 

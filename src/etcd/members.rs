@@ -55,6 +55,13 @@ pub(super) struct Member {
     pub client: Client,
 }
 
+impl Member {
+    /// Which member this is: the same index is the same member.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
 /// Every member hound may use. Cloning shares them.
 #[derive(Clone)]
 pub(super) struct Members {
@@ -246,6 +253,11 @@ impl Members {
             }),
             None => Err(Error::Unavailable(known[index].problem.clone())),
         }
+    }
+
+    /// Whether `member` is the current member.
+    pub fn is_current(&self, member: &Member) -> bool {
+        *self.shared.current.borrow() == member.index
     }
 
     /// Returns once `member` is no longer the current member (at once if it is not): a stream

@@ -8,6 +8,7 @@ mod backoff;
 mod election;
 mod events;
 mod health;
+mod keepalive;
 mod lease;
 mod marker;
 mod members;

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::events::Publisher;
 use super::health::HealthState;
+use super::keepalive::KeepAlives;
 use super::lease::{self, Campaigning, Kept, Lease, Write, Written};
 use super::members::Members;
 use super::watch;
@@ -54,6 +55,8 @@ impl Held {
 
 struct Registry {
     members: Members,
+    /// The keep-alive stream every keeper refreshes its lease through.
+    keep_alives: KeepAlives,
     settings: Rc<Settings>,
     keys: ServiceKeys,
     elections: ElectionKeys,
@@ -89,6 +92,7 @@ pub(super) async fn serve(
     let publisher = Rc::new(Publisher::new(members.clone(), settings.event_keys()));
 
     let mut registry = Registry {
+        keep_alives: KeepAlives::new(members.clone()),
         members,
         keys: settings.service_keys(),
         elections: settings.election_keys(),
@@ -219,6 +223,7 @@ impl Registry {
         let is_campaigning = campaign.is_some();
         let keeper = spawn_local(lease::keep_alive(
             self.members.clone(),
+            self.keep_alives.clone(),
             self.kept(service, node, key.clone(), reading, campaign),
             lease.clone(),
         ))
