@@ -154,3 +154,73 @@ fn a_takeover_while_the_first_registration_waits_for_etcd_still_closes_it_with_4
         assert!(!registered(&mut client, &hound, "api", "10.0.0.1:80"));
     }
 }
+
+/// All of a hound's leases are refreshed through one keep-alive stream, as etcd's Go client
+/// does: twenty registrations open one `LeaseKeepAlive` stream on etcd, every lease is refreshed
+/// on it and outlives two TTLs, and a lease revoked behind hound's back is replaced (the node
+/// is put back) while the others keep theirs, on the same stream.
+#[test]
+fn a_hounds_leases_share_one_keep_alive_stream() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    let hound = Hound::start(&etcd, &["--ttl", "3"]);
+    let mut client = etcd.client();
+    let mut watcher = monitor_synced(&hound, &["api"]);
+    let ports: Vec<u16> = (8000..8020).collect();
+    let _sockets: Vec<Ws> = ports
+        .iter()
+        .map(|&port| {
+            let mut ws = register(&hound, "api", "10.0.0.1", port);
+            let _ = next_json(&mut ws, PROMPT);
+            ws
+        })
+        .collect();
+    // Each PUT lists the whole service: the last lists all twenty.
+    let all: Vec<(&str, u16)> = ports.iter().map(|&port| ("10.0.0.1", port)).collect();
+    for n in 1..=ports.len() {
+        expect_message(&mut watcher, &key_event("api", "PUT", &all[..n]));
+    }
+    let mut leases = || {
+        ports
+            .iter()
+            .map(|port| {
+                let key = hound.key("api", &format!("10.0.0.1:{port}"));
+                client.get(&key).expect("registered").lease
+            })
+            .collect::<Vec<i64>>()
+    };
+    let before = leases();
+    // Two TTLs, each lease refreshed every TTL/3: nothing expires, nothing is put back.
+    expect_no_message(&mut watcher, Duration::from_secs(6));
+    assert_eq!(leases(), before);
+    let refreshes = keep_alive_metric(&etcd, "grpc_server_msg_received_total");
+    assert!(refreshes >= 20.0 * 5.0, "{refreshes} refreshes");
+    assert_eq!(keep_alive_metric(&etcd, "grpc_server_started_total"), 1.0);
+
+    etcd.client().lease_revoke(before[0]);
+    expect_message(&mut watcher, &key_event("api", "EXPIRE", &all[1..]));
+    // The keeper's next refresh (within TTL/3) finds its lease gone and registers again.
+    let back = next_json(&mut watcher, Duration::from_secs(1) + PROMPT);
+    assert_eq!(back["body"]["key_event"], "PUT", "{back}");
+    assert_eq!(
+        back["body"]["services"].as_array().unwrap().len(),
+        20,
+        "{back}"
+    );
+    let after = leases();
+    assert_ne!(after[0], before[0], "a new lease");
+    assert_eq!(after[1..], before[1..], "the others keep theirs");
+    assert_eq!(keep_alive_metric(&etcd, "grpc_server_started_total"), 1.0);
+}
+
+/// The sum of etcd's gRPC metric `name` over its `LeaseKeepAlive` series.
+fn keep_alive_metric(etcd: &Etcd, name: &str) -> f64 {
+    let addr = format!("127.0.0.1:{}", etcd.client_port()).parse().unwrap();
+    get(addr, "/metrics")
+        .text()
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| line.contains("grpc_method=\"LeaseKeepAlive\""))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
