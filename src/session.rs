@@ -86,13 +86,8 @@ pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
                     crate::stack::release_unused();
                     // Checked only once the socket serves: its SYNC reads "not checked yet",
                     // and the first finding's PUT reaches a socket that is already in its loop.
-                    if let (Some(spec), Some((service, node))) =
-                        (open.check.take(), &cleanup.registration)
-                    {
-                        match context.checker.start(spec, service, node, id) {
-                            Ok(check) => cleanup.check = Some(check),
-                            Err(err) => log::error!("cannot check {service}/{node}: {err}"),
-                        }
+                    if let Some(spec) = open.check.take() {
+                        start_check(&context.checker, &mut cleanup, spec);
                     }
                     serve(open, id, &context, cleanup.registration.as_ref());
                 }
@@ -104,6 +99,24 @@ pub fn start(context: Arc<Context>, request: Request, plan: SocketPlan) {
     if let Err(err) = spawned {
         // The request went down with the closure; tiny_http answers a dropped request with 500.
         log::error!("cannot start a socket thread: {err}");
+    }
+}
+
+/// Starts hound's check of the socket's registered node, and arms `cleanup` to stop it.
+///
+/// Never inlined, like [`open`]: inlined, its locals (the job, the checker thread's lazy start,
+/// channel internals aligned to 128 bytes) made the socket thread's outermost frame 2 KiB
+/// larger, for monitors too, and that frame lives as long as the socket. The serving loop's
+/// `ppoll`, and the signal frame the kernel pushes below it when the doorbell rings (about
+/// 3.3 KiB with AVX-512 state), then reached one more stack page in every socket thread.
+#[inline(never)]
+fn start_check(checker: &Checker, cleanup: &mut Cleanup<'_>, spec: CheckSpec) {
+    let Some((service, node)) = &cleanup.registration else {
+        return;
+    };
+    match checker.start(spec, service, node, cleanup.id) {
+        Ok(check) => cleanup.check = Some(check),
+        Err(err) => log::error!("cannot check {service}/{node}: {err}"),
     }
 }
 
