@@ -1,12 +1,18 @@
-//! One keep-alive stream, on the current member, for every lease this hound keeps — as etcd's
-//! own client does: each refresh names its lease, and one reader hands each answer to the
-//! keeper waiting for that lease.
+//! A few keep-alive streams on the current member, shared by every lease this hound keeps —
+//! as etcd's own client shares one: each refresh names its lease, and each stream's reader
+//! hands an answer to the keeper waiting for that lease.
 //!
 //! A stream per lease cost each registration the stream's buffers (two of 8 KiB in tonic),
 //! reserved for the registration's whole life and barely touched (docs/performance.md,
 //! section 7). etcd-client opens a keep-alive stream for one lease, and its `LeaseKeeper`
 //! refreshes that one; its `pub-response-field` feature makes the keeper's fields public, so
 //! a keeper for another lease can share the stream's sender.
+//!
+//! Why [`STREAMS`] and not one: etcd renews the leases of one stream one after another, and a
+//! follower forwards each renewal to the leader and waits for its answer, so one stream renews
+//! at most one lease per round trip between the members (0.5 ms apart, 2,000 a second: 10,000
+//! registrations at the default TTL). Spread by id over a few streams, which etcd serves side
+//! by side, the leases are renewed that many times faster.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -17,6 +23,10 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::{AbortHandle, spawn_local};
 
 use super::members::{Member, Members};
+
+/// How many keep-alive streams the leases are spread over, by id. Each is opened by the first
+/// refresh that needs it, so a hound with a few leases opens about as many streams.
+const STREAMS: usize = 8;
 
 /// What a refresh found, or why it has no answer.
 #[derive(Debug)]
@@ -31,7 +41,7 @@ pub(super) enum Refreshed {
     Failed(etcd_client::Error),
 }
 
-/// The keep-alive stream every keeper of this hound refreshes through. Cloning shares it.
+/// The keep-alive streams every keeper of this hound refreshes through. Cloning shares them.
 #[derive(Clone)]
 pub(super) struct KeepAlives {
     shared: Rc<Shared>,
@@ -39,7 +49,8 @@ pub(super) struct KeepAlives {
 
 struct Shared {
     members: Members,
-    slot: RefCell<Slot>,
+    /// The streams, each refreshing the leases whose ids fall to it ([`slot_of`]).
+    slots: Vec<RefCell<Slot>>,
     /// Rung when an opening ends, however it ended: keepers that waited for it look again.
     opening_ended: Notify,
     /// Names each opening and stream, so a late finisher touches only its own.
@@ -57,6 +68,8 @@ enum Slot {
 }
 
 struct Stream {
+    /// Which of the shared slots it is in.
+    slot: usize,
     serial: u64,
     member: usize,
     keeper: LeaseKeeper,
@@ -85,7 +98,7 @@ impl KeepAlives {
         KeepAlives {
             shared: Rc::new(Shared {
                 members,
-                slot: RefCell::new(Slot::Closed),
+                slots: (0..STREAMS).map(|_| RefCell::new(Slot::Closed)).collect(),
                 opening_ended: Notify::new(),
                 serials: Cell::new(0),
             }),
@@ -95,8 +108,9 @@ impl KeepAlives {
     /// Refreshes `lease` through `member`, on the stream open there or on one this opens. No
     /// deadline of its own: the keeper bounds the wait, and sends again through another member.
     pub async fn refresh(&self, member: &Member, lease: i64) -> Refreshed {
+        let slot = slot_of(lease);
         loop {
-            let next = match &*self.shared.slot.borrow() {
+            let next = match &*self.shared.slots[slot].borrow() {
                 Slot::Open(stream) if stream.member == member.index() => Next::Send(stream.clone()),
                 Slot::Opening {
                     member: opening, ..
@@ -111,17 +125,17 @@ impl KeepAlives {
                 // A keeper that has not yet heard the member changed must not replace the
                 // stream the others moved to.
                 Next::Open if !self.shared.members.is_current(member) => return Refreshed::Moved,
-                Next::Open => return self.open(member, lease).await,
+                Next::Open => return self.open(slot, member, lease).await,
             }
         }
     }
 
     /// Opens a stream on `member` with `lease`'s refresh (etcd-client's way to open one) and,
     /// if the lease lives, makes it the stream everyone uses.
-    async fn open(&self, member: &Member, lease: i64) -> Refreshed {
+    async fn open(&self, slot: usize, member: &Member, lease: i64) -> Refreshed {
         let serial = self.next_serial();
         // Replacing an open stream drops it (it is on a member no longer current).
-        *self.shared.slot.borrow_mut() = Slot::Opening {
+        *self.shared.slots[slot].borrow_mut() = Slot::Opening {
             serial,
             member: member.index(),
         };
@@ -129,6 +143,7 @@ impl KeepAlives {
         // the slot does not stay `Opening`, and those waiting for it look again.
         let _ended = OpeningEnded {
             shared: &self.shared,
+            slot,
             serial,
         };
         let mut client = member.client.clone();
@@ -136,7 +151,7 @@ impl KeepAlives {
         let opened = Box::pin(client.lease_keep_alive(lease)).await;
         match opened {
             Ok((keeper, answers)) => {
-                self.install(serial, member, keeper, answers);
+                self.install(slot, serial, member, keeper, answers);
                 Refreshed::Alive
             }
             // etcd-client's way of saying etcd answered TTL 0 to the first refresh.
@@ -149,17 +164,19 @@ impl KeepAlives {
 
     fn install(
         &self,
+        slot: usize,
         serial: u64,
         member: &Member,
         keeper: LeaseKeeper,
         answers: LeaseKeepAliveStream,
     ) {
-        let mut slot = self.shared.slot.borrow_mut();
+        let mut opening = self.shared.slots[slot].borrow_mut();
         // Another keeper, told the member changed, may have started another opening meanwhile.
-        if !matches!(*slot, Slot::Opening { serial: opening, .. } if opening == serial) {
+        if !matches!(*opening, Slot::Opening { serial: ours, .. } if ours == serial) {
             return;
         }
         let stream = Rc::new_cyclic(|stream| Stream {
+            slot,
             serial,
             member: member.index(),
             keeper,
@@ -173,7 +190,7 @@ impl KeepAlives {
             ))
             .abort_handle(),
         });
-        *slot = Slot::Open(stream);
+        *opening = Slot::Open(stream);
     }
 
     fn next_serial(&self) -> u64 {
@@ -213,6 +230,12 @@ impl Stream {
     }
 }
 
+/// Which stream refreshes `lease`. etcd's lease ids are spread evenly enough (a member's id
+/// bits and a counter) for their low bits to spread the leases.
+fn slot_of(lease: i64) -> usize {
+    (lease.unsigned_abs() % STREAMS as u64) as usize
+}
+
 fn ended() -> etcd_client::Error {
     etcd_client::Error::LeaseKeepAliveError("keep-alive stream ended".into())
 }
@@ -249,7 +272,7 @@ async fn read_answers(
     };
     // Dropping the waiters' senders ends each wait as failed.
     stream.waiting.borrow_mut().clear();
-    let mut slot = shared.slot.borrow_mut();
+    let mut slot = shared.slots[stream.slot].borrow_mut();
     if matches!(&*slot, Slot::Open(open) if open.serial == stream.serial) {
         *slot = Slot::Closed;
     }
@@ -280,12 +303,13 @@ impl Drop for Waiting<'_> {
 /// keepers waiting for it look again.
 struct OpeningEnded<'a> {
     shared: &'a Shared,
+    slot: usize,
     serial: u64,
 }
 
 impl Drop for OpeningEnded<'_> {
     fn drop(&mut self) {
-        let mut slot = self.shared.slot.borrow_mut();
+        let mut slot = self.shared.slots[self.slot].borrow_mut();
         if matches!(*slot, Slot::Opening { serial, .. } if serial == self.serial) {
             *slot = Slot::Closed;
         }

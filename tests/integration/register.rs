@@ -155,12 +155,13 @@ fn a_takeover_while_the_first_registration_waits_for_etcd_still_closes_it_with_4
     }
 }
 
-/// All of a hound's leases are refreshed through one keep-alive stream, as etcd's Go client
-/// does: twenty registrations open one `LeaseKeepAlive` stream on etcd, every lease is refreshed
-/// on it and outlives two TTLs, and a lease revoked behind hound's back is replaced (the node
-/// is put back) while the others keep theirs, on the same stream.
+/// A hound's leases share its keep-alive streams, as etcd's Go client shares one: twenty
+/// registrations open one `LeaseKeepAlive` stream on etcd per stream their ids fall to (hound
+/// spreads leases over 8 by id), every lease is refreshed and outlives two TTLs, and a lease
+/// revoked behind hound's back is replaced (the node is put back) while the others keep theirs,
+/// on the same streams.
 #[test]
-fn a_hounds_leases_share_one_keep_alive_stream() {
+fn a_hounds_leases_share_its_keep_alive_streams() {
     let _w = watchdog();
     let etcd = Etcd::start();
     let hound = Hound::start(&etcd, &["--ttl", "3"]);
@@ -195,7 +196,17 @@ fn a_hounds_leases_share_one_keep_alive_stream() {
     assert_eq!(leases(), before);
     let refreshes = keep_alive_metric(&etcd, "grpc_server_msg_received_total");
     assert!(refreshes >= 20.0 * 5.0, "{refreshes} refreshes");
-    assert_eq!(keep_alive_metric(&etcd, "grpc_server_started_total"), 1.0);
+    let streams = |leases: &[i64]| {
+        let slots: std::collections::BTreeSet<u64> = leases
+            .iter()
+            .map(|lease| lease.unsigned_abs() % 8)
+            .collect();
+        slots.len() as f64
+    };
+    assert_eq!(
+        keep_alive_metric(&etcd, "grpc_server_started_total"),
+        streams(&before)
+    );
 
     etcd.client().lease_revoke(before[0]);
     expect_message(&mut watcher, &key_event("api", "EXPIRE", &all[1..]));
@@ -210,7 +221,9 @@ fn a_hounds_leases_share_one_keep_alive_stream() {
     let after = leases();
     assert_ne!(after[0], before[0], "a new lease");
     assert_eq!(after[1..], before[1..], "the others keep theirs");
-    assert_eq!(keep_alive_metric(&etcd, "grpc_server_started_total"), 1.0);
+    // The new lease's stream may be one more, never one per lease.
+    let opened = keep_alive_metric(&etcd, "grpc_server_started_total");
+    assert!(opened <= streams(&before) + 1.0, "{opened} streams");
 }
 
 /// The sum of etcd's gRPC metric `name` over its `LeaseKeepAlive` series.
