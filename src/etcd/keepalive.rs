@@ -130,6 +130,24 @@ impl KeepAlives {
         }
     }
 
+    /// Gives up on the stream `lease` is refreshed on, if it is on `member`, after a refresh
+    /// there went unanswered: the next refresh opens another (on whichever member is current
+    /// then), as a keeper with a stream of its own did, and the refreshes waiting on this one
+    /// end at once rather than each at its own deadline.
+    pub fn retire(&self, member: &Member, lease: i64) {
+        let mut slot = self.shared.slots[slot_of(lease)].borrow_mut();
+        if !matches!(&*slot, Slot::Open(stream) if stream.member == member.index()) {
+            return;
+        }
+        if let Slot::Open(stream) = std::mem::replace(&mut *slot, Slot::Closed) {
+            drop(slot);
+            log::debug!("retiring the keep-alive stream on member {}", stream.member);
+            stream.reader.abort();
+            // Dropping the waiters' senders ends each wait as failed.
+            stream.waiting.borrow_mut().clear();
+        }
+    }
+
     /// Opens a stream on `member` with `lease`'s refresh (etcd-client's way to open one) and,
     /// if the lease lives, makes it the stream everyone uses.
     async fn open(&self, slot: usize, member: &Member, lease: i64) -> Refreshed {

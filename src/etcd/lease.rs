@@ -614,6 +614,7 @@ async fn keep_on(
             Ok(Refreshed::Moved) => return Ended::Moved,
             Ok(Refreshed::Failed(err)) => return Ended::Failed(err),
             Err(_) => {
+                keep_alives.retire(member, lease);
                 *unanswered += 1;
                 return Ended::Unanswered(within);
             }
