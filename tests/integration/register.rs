@@ -237,3 +237,36 @@ fn keep_alive_metric(etcd: &Etcd, name: &str) -> f64 {
         .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
 }
+
+/// A keep-alive stream whose refresh goes unanswered (its only member frozen for longer than
+/// the answer may take, but not long enough for the connection's own keep-alive to end it) is
+/// replaced by a new one once etcd answers again, and the lease is refreshed on that.
+#[test]
+fn an_unanswered_keep_alive_stream_is_replaced() {
+    let _w = watchdog();
+    let etcd = Etcd::start();
+    // Refreshes every second, each answered within 0.5 s or given up.
+    let hound = Hound::start(&etcd, &["--ttl", "3"]);
+    let mut watcher = monitor_synced(&hound, &["api"]);
+    let mut socket = register(&hound, "api", "10.0.0.1", 80);
+    let _ = next_json(&mut socket, PROMPT);
+    expect_message(&mut watcher, &key_event("api", "PUT", &[("10.0.0.1", 80)]));
+    let opened = keep_alive_metric(&etcd, "grpc_server_started_total");
+    assert_eq!(opened, 1.0);
+
+    // Frozen across a refresh and its deadline, and no longer: the connection's own
+    // keep-alive (2 s without an answer to its ping) must not be what ends the stream.
+    etcd.pause();
+    let frozen = Instant::now();
+    poll_until(Duration::from_secs(3), "hound to give up a refresh", || {
+        hound.stderr().contains("not answered within")
+    });
+    etcd.resume();
+    eprintln!("resumed {:?} into the freeze", frozen.elapsed());
+    poll_until(PROMPT, "a new keep-alive stream", || {
+        keep_alive_metric(&etcd, "grpc_server_started_total") > opened
+    });
+    // Refreshed on the new stream: still registered a TTL later.
+    expect_no_message(&mut watcher, Duration::from_secs(3));
+    assert_eq!(hound.nodes("api"), vec![("10.0.0.1".to_owned(), 80)]);
+}
