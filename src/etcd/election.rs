@@ -20,10 +20,10 @@ impl ElectionFeed {
         ElectionFeed { keys }
     }
 
-    /// Reads every campaign into fresh elections, with the revision and cluster id read at.
-    async fn read(&self, watch: &Watch) -> Result<(Elections, i64, u64), Break> {
-        let response = read_prefix(&watch.members, self.keys.prefix()).await?;
-        let revision = response.header().map_or(0, |h| h.revision());
+    /// Reads every campaign into fresh elections, at `at` if etcd still holds it (else at the
+    /// latest revision), with the revision and cluster id read at.
+    async fn read(&self, watch: &Watch, at: Option<i64>) -> Result<(Elections, i64, u64), Break> {
+        let (response, revision) = read_prefix(&watch.members, self.keys.prefix(), at).await?;
         let cluster = response.header().map_or(0, |h| h.cluster_id());
         let mut elections = Elections::default();
         for kv in response.kvs() {
@@ -63,7 +63,8 @@ impl Feed for ElectionFeed {
             Some(revision) => revision,
             None => {
                 watch.check_store().await?;
-                let (elections, revision, cluster) = self.read(watch).await?;
+                let at = watch.position.read_at.take();
+                let (elections, revision, cluster) = self.read(watch, at).await?;
                 watch.hub.resync_elections(elections, revision);
                 watch.position.cluster = Some(cluster);
                 log::info!("read {} at revision {revision}", self.prefix());
@@ -110,14 +111,16 @@ impl Feed for ElectionFeed {
         }
     }
 
-    /// Re-reads the namespace at the next session.
-    async fn catch_up(&self, watch: &mut Watch) {
+    /// Re-reads the namespace at the next session, as it was at the compaction, so the watch
+    /// replays every change of leader after it.
+    async fn catch_up(&self, watch: &mut Watch, compacted_at: i64) {
         log::warn!(
-            "{ELECTION_WATCH} fell behind a compaction; re-reading {}",
+            "{ELECTION_WATCH} fell behind a compaction; re-reading {} at revision {compacted_at}",
             self.prefix()
         );
         metrics::WATCH_RESYNCS.add(1);
         watch.position.resume_from = None;
+        watch.position.read_at = Some(compacted_at);
     }
 
     /// Re-reads the namespace at the next session.

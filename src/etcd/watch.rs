@@ -55,8 +55,8 @@ pub(super) fn spawn(
 
 /// Why a watch session ended.
 pub(super) enum Break {
-    /// The revision to resume from was compacted: re-read the prefix.
-    Compacted,
+    /// The revision to resume from was compacted; etcd keeps history from this revision on.
+    Compacted(i64),
     /// etcd is not the store we watched (its cluster id changed, its revision went backwards,
     /// or it lost the store marker: restored from an empty data dir, or replaced): re-read
     /// everything from scratch.
@@ -72,7 +72,7 @@ pub(super) enum Break {
 impl Break {
     fn reason(&self) -> String {
         match self {
-            Break::Compacted => "fell behind a compaction".to_owned(),
+            Break::Compacted(_) => "fell behind a compaction".to_owned(),
             Break::Replaced(why) | Break::Failed(why) => why.clone(),
             Break::Etcd(err) => err.to_string(),
             Break::Moved => "moving to another etcd member".to_owned(),
@@ -101,6 +101,9 @@ pub(super) struct Position {
     store: Option<String>,
     /// The next re-read must SYNC every subscribed service, changed or not.
     resync_everyone: bool,
+    /// The revision the next re-read reads at: the one a compaction left, so that the changes
+    /// etcd still holds after it are replayed by the watch, not skipped. `None`: the latest.
+    pub read_at: Option<i64>,
     /// The last watch delivered something after etcd created it, so it worked: after it
     /// breaks, retry after the shortest delay. (Being created alone proves little: a watch
     /// that etcd creates and then cancels at once would otherwise be retried in a hot loop.)
@@ -147,7 +150,7 @@ async fn next_response(
     };
     if response.canceled() {
         if response.compact_revision() > 0 {
-            return Err(Break::Compacted);
+            return Err(Break::Compacted(response.compact_revision()));
         }
         return Err(Break::Failed(format!(
             "watch canceled: {}",
@@ -252,8 +255,9 @@ pub(super) trait Feed {
     /// Applies one response and moves `watch.position` past what it covered.
     async fn apply(&self, watch: &mut Watch, response: &WatchResponse);
 
-    /// Catches up after the revision to resume from was compacted.
-    async fn catch_up(&self, watch: &mut Watch);
+    /// Catches up after the revision to resume from was compacted; etcd keeps history from
+    /// `compacted_at` on.
+    async fn catch_up(&self, watch: &mut Watch, compacted_at: i64);
 
     /// Starts afresh after etcd was replaced or wiped (`why` says how).
     fn start_afresh(&self, why: &str, position: &mut Position);
@@ -280,7 +284,7 @@ async fn keep_watching<F: Feed>(feed: F, mut watch: Watch) {
             watch.backoff.reset();
         }
         match outcome {
-            Break::Compacted => feed.catch_up(&mut watch).await,
+            Break::Compacted(at) => feed.catch_up(&mut watch, at).await,
             Break::Replaced(why) => feed.start_afresh(&why, &mut watch.position),
             Break::Moved => {}
             Break::Failed(_) | Break::Etcd(_) => {
@@ -377,7 +381,9 @@ impl Feed for ServiceFeed {
             None => {
                 // Before the read, so that a store wiped after it is not taken for the same.
                 watch.check_store().await?;
-                let (mirror, revision, cluster) = read_services(&watch.members, &self.keys).await?;
+                let at = watch.position.read_at.take();
+                let (mirror, revision, cluster) =
+                    read_services(&watch.members, &self.keys, at).await?;
                 let everyone = std::mem::take(&mut watch.position.resync_everyone);
                 let changed = watch.hub.resync(mirror, revision, everyone);
                 watch.position.cluster = Some(cluster);
@@ -403,14 +409,16 @@ impl Feed for ServiceFeed {
         }
     }
 
-    /// Re-reads the namespace at the next session.
-    async fn catch_up(&self, watch: &mut Watch) {
+    /// Re-reads the namespace at the next session, as it was at the compaction: the services
+    /// that changed up to it get a SYNC, and the watch replays every change after it.
+    async fn catch_up(&self, watch: &mut Watch, compacted_at: i64) {
         log::warn!(
-            "{SERVICE_WATCH} fell behind a compaction; re-reading {}",
+            "{SERVICE_WATCH} fell behind a compaction; re-reading {} at revision {compacted_at}",
             self.prefix()
         );
         metrics::WATCH_RESYNCS.add(1);
         watch.position.resume_from = None;
+        watch.position.read_at = Some(compacted_at);
     }
 
     /// Re-reads the namespace at the next session and sends every socket a SYNC.
@@ -427,11 +435,14 @@ impl Feed for ServiceFeed {
     }
 }
 
-/// Reads the whole service namespace into a fresh mirror, with the revision and cluster id it
-/// was read at.
-async fn read_services(members: &Members, keys: &ServiceKeys) -> Result<(Mirror, i64, u64), Error> {
-    let response = read_prefix(members, keys.prefix()).await?;
-    let revision = response.header().map_or(0, |h| h.revision());
+/// Reads the whole service namespace into a fresh mirror, at `at` if etcd still holds it (else
+/// at the latest revision), with the revision and cluster id it was read at.
+async fn read_services(
+    members: &Members,
+    keys: &ServiceKeys,
+    at: Option<i64>,
+) -> Result<(Mirror, i64, u64), Error> {
+    let (response, revision) = read_prefix(members, keys.prefix(), at).await?;
     let cluster = response.header().map_or(0, |h| h.cluster_id());
     let mut mirror = Mirror::default();
     for kv in response.kvs() {
@@ -586,7 +597,7 @@ impl Feed for EventFeed {
     }
 
     /// Replays the events still stored from the revision to resume from, then watches on.
-    async fn catch_up(&self, watch: &mut Watch) {
+    async fn catch_up(&self, watch: &mut Watch, _compacted_at: i64) {
         log::warn!("{EVENT_WATCH} fell behind a compaction; replaying stored events");
         let from = watch.position.resume_from;
         match replay_stored_events(&watch.members, self.prefix(), &watch.hub, from).await {
@@ -605,19 +616,49 @@ impl Feed for EventFeed {
     }
 }
 
-/// Every key under `prefix`, read through the members that answer.
+/// Reads every key under `prefix` through any member that answers: at revision `at` if given
+/// and etcd has not compacted it meanwhile, else at the latest. Returns the response and the
+/// revision it shows.
 pub(super) async fn read_prefix(
     members: &Members,
     prefix: &str,
-) -> Result<etcd_client::GetResponse, Error> {
+    at: Option<i64>,
+) -> Result<(etcd_client::GetResponse, i64), Error> {
     let deadline = Instant::now() + READ_DEADLINE;
-    members
+    if let Some(at) = at {
+        let options = GetOptions::new().with_prefix().with_revision(at);
+        let read = members
+            .call(deadline, |mut client| {
+                let options = options.clone();
+                async move {
+                    match client.get(prefix, Some(options)).await {
+                        // Compacted again meanwhile: not an error, read the latest instead.
+                        Err(err) if compacted(&err) => Ok(None),
+                        read => read.map(Some),
+                    }
+                }
+            })
+            .await?;
+        match read {
+            Some(response) => return Ok((response, at)),
+            None => log::info!("revision {at} of {prefix} is compacted too; reading the latest"),
+        }
+    }
+    let response = members
         .call(deadline, |mut client| async move {
             client
                 .get(prefix, Some(GetOptions::new().with_prefix()))
                 .await
         })
-        .await
+        .await?;
+    let revision = response.header().map_or(0, |h| h.revision());
+    Ok((response, revision))
+}
+
+/// Whether etcd refused a read because its revision is compacted.
+fn compacted(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status)
+        if status.message().contains("required revision has been compacted"))
 }
 
 fn deliver_stored_event(hub: &Hub, kv: &KeyValue) {
@@ -634,7 +675,7 @@ async fn replay_stored_events(
     hub: &Hub,
     from: Option<i64>,
 ) -> Result<i64, Error> {
-    let response = read_prefix(members, prefix).await?;
+    let (response, revision) = read_prefix(members, prefix, None).await?;
     let mut kvs: Vec<&KeyValue> = response
         .kvs()
         .iter()
@@ -644,7 +685,7 @@ async fn replay_stored_events(
     for kv in kvs {
         deliver_stored_event(hub, kv);
     }
-    Ok(response.header().map_or(0, |h| h.revision()))
+    Ok(revision)
 }
 
 #[cfg(test)]
@@ -673,7 +714,7 @@ mod tests {
         );
         health.set(&hub, &ServiceFeed::health(&health).watched, true, None);
         health.set(&hub, &health.elections.watched, true, None);
-        *EventFeed::health(&health).problem.borrow_mut() = Break::Compacted.reason();
+        *EventFeed::health(&health).problem.borrow_mut() = Break::Compacted(1).reason();
         health.set(&hub, &EventFeed::health(&health).watched, false, None);
         assert_eq!(
             reason(&hub),
