@@ -111,18 +111,6 @@ impl Feed for ElectionFeed {
         }
     }
 
-    /// Re-reads the namespace at the next session, as it was at the compaction, so the watch
-    /// replays every change of leader after it.
-    async fn catch_up(&self, watch: &mut Watch, compacted_at: i64) {
-        log::warn!(
-            "{ELECTION_WATCH} fell behind a compaction; re-reading {} at revision {compacted_at}",
-            self.prefix()
-        );
-        metrics::WATCH_RESYNCS.add(1);
-        watch.position.resume_from = None;
-        watch.position.read_at = Some(compacted_at);
-    }
-
     /// Re-reads the namespace at the next session.
     fn start_afresh(&self, why: &str, position: &mut Position) {
         metrics::WATCH_RESYNCS.add(1);

@@ -256,8 +256,18 @@ pub(super) trait Feed {
     async fn apply(&self, watch: &mut Watch, response: &WatchResponse);
 
     /// Catches up after the revision to resume from was compacted; etcd keeps history from
-    /// `compacted_at` on.
-    async fn catch_up(&self, watch: &mut Watch, compacted_at: i64);
+    /// `compacted_at` on. A feed that mirrors its prefix re-reads it at the next session as it
+    /// was at that revision, and the watch replays every change after it.
+    async fn catch_up(&self, watch: &mut Watch, compacted_at: i64) {
+        log::warn!(
+            "{} fell behind a compaction; re-reading {} at revision {compacted_at}",
+            Self::NAME,
+            self.prefix()
+        );
+        metrics::WATCH_RESYNCS.add(1);
+        watch.position.resume_from = None;
+        watch.position.read_at = Some(compacted_at);
+    }
 
     /// Starts afresh after etcd was replaced or wiped (`why` says how).
     fn start_afresh(&self, why: &str, position: &mut Position);
@@ -407,18 +417,6 @@ impl Feed for ServiceFeed {
         if let Some(revision) = applied.await {
             watch.position.resume_from = Some(revision + 1);
         }
-    }
-
-    /// Re-reads the namespace at the next session, as it was at the compaction: the services
-    /// that changed up to it get a SYNC, and the watch replays every change after it.
-    async fn catch_up(&self, watch: &mut Watch, compacted_at: i64) {
-        log::warn!(
-            "{SERVICE_WATCH} fell behind a compaction; re-reading {} at revision {compacted_at}",
-            self.prefix()
-        );
-        metrics::WATCH_RESYNCS.add(1);
-        watch.position.resume_from = None;
-        watch.position.read_at = Some(compacted_at);
     }
 
     /// Re-reads the namespace at the next session and sends every socket a SYNC.
